@@ -1,0 +1,337 @@
+//! Every setting in one place: defaults, an optional TOML file, `HOOKLINE_*` environment
+//! variables and command-line flags (later ones win). Nothing else reads the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Flags and environment variables shared by every subcommand that needs configuration.
+/// Each is optional so that the TOML file and the defaults can fill the gaps.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// Optional TOML file with the same keys as the flags (snake_case).
+    #[arg(long, env = "HOOKLINE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "HOOKLINE_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// Database URL: `sqlite://path?mode=rwc` or `postgres://...`. Default: SQLite in the data dir.
+    #[arg(long, env = "HOOKLINE_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Directory for the SQLite database and the generated JWT key.
+    #[arg(long, env = "HOOKLINE_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// HS256 secret for JWTs. Without it (and without a public key) a key is generated and kept in the data dir.
+    #[arg(
+        long,
+        env = "HOOKLINE_JWT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS256/ES256 tokens (verification only).
+    #[arg(long, env = "HOOKLINE_JWT_PUBLIC_KEY", global = true)]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Allow deliveries to loopback, private and link-local addresses.
+    #[arg(long, env = "HOOKLINE_ALLOW_PRIVATE_TARGETS", global = true)]
+    pub allow_private_targets: Option<bool>,
+    /// Log filter (tracing-subscriber EnvFilter syntax).
+    #[arg(long, env = "HOOKLINE_LOG", global = true)]
+    pub log: Option<String>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "HOOKLINE_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+    /// SQLite `synchronous` pragma: `NORMAL` (default, WAL) or `FULL`.
+    #[arg(long, env = "HOOKLINE_SQLITE_SYNCHRONOUS", global = true)]
+    pub sqlite_synchronous: Option<String>,
+    /// Maximum event payload size in bytes.
+    #[arg(long, env = "HOOKLINE_MAX_PAYLOAD_BYTES", global = true)]
+    pub max_payload_bytes: Option<usize>,
+    /// Maximum HTTP request body size in bytes.
+    #[arg(long, env = "HOOKLINE_MAX_BODY_BYTES", global = true)]
+    pub max_body_bytes: Option<usize>,
+    /// Concurrent outgoing requests across all destinations.
+    #[arg(long, env = "HOOKLINE_MAX_CONCURRENCY", global = true)]
+    pub max_concurrency: Option<usize>,
+    /// Run the delivery dispatcher in this process (default true).
+    #[arg(long, env = "HOOKLINE_DISPATCHER", global = true)]
+    pub dispatcher: Option<bool>,
+}
+
+/// The TOML file: same keys as [`ConfigArgs`].
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    jwt_secret: Option<String>,
+    jwt_public_key: Option<PathBuf>,
+    allow_private_targets: Option<bool>,
+    log: Option<String>,
+    log_format: Option<String>,
+    sqlite_synchronous: Option<String>,
+    max_payload_bytes: Option<usize>,
+    max_body_bytes: Option<usize>,
+    max_concurrency: Option<usize>,
+    dispatcher: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_payload_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_page_size: u64,
+    pub max_query_depth: usize,
+    pub max_query_complexity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 256 * 1024,
+            max_body_bytes: 1024 * 1024,
+            max_page_size: 100,
+            max_query_depth: 12,
+            max_query_complexity: 2_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    pub enabled: bool,
+    pub max_concurrency: usize,
+    /// How many due deliveries one claim statement takes.
+    pub claim_batch: u64,
+    /// How long a claim is valid; an instance that dies loses its claims after this.
+    pub lease: Duration,
+    /// Fallback poll when no wake-up arrives.
+    pub poll_interval: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_concurrency: 512,
+            claim_batch: 500,
+            lease: Duration::from_secs(90),
+            poll_interval: Duration::from_millis(1000),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub allow_private_targets: bool,
+    pub log: String,
+    pub log_format: LogFormat,
+    /// `NORMAL` or `FULL`.
+    pub sqlite_synchronous: String,
+    pub limits: Limits,
+    pub dispatch: DispatchConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting {name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+impl Config {
+    /// Defaults for a data directory; used by tests and as the base of [`Config::load`].
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: sqlite_url(&data_dir),
+            data_dir,
+            jwt_secret: None,
+            jwt_public_key: None,
+            allow_private_targets: false,
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            sqlite_synchronous: "NORMAL".into(),
+            limits: Limits::default(),
+            dispatch: DispatchConfig::default(),
+        }
+    }
+
+    /// Defaults, then the TOML file, then environment and flags (clap has merged those two).
+    pub fn load(args: &ConfigArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = pick(args.data_dir.clone(), file.data_dir).unwrap_or_else(|| "data".into());
+        let mut cfg = Self::with_data_dir(data_dir);
+        if let Some(listen) = pick(args.listen.clone(), file.listen) {
+            cfg.listen = listen.parse().map_err(|e| ConfigError::Invalid {
+                name: "HOOKLINE_LISTEN",
+                message: format!("{listen:?} is not a socket address: {e}"),
+            })?;
+        }
+        if let Some(url) = pick(args.database_url.clone(), file.database_url) {
+            cfg.database_url = url;
+        }
+        cfg.jwt_secret = pick(args.jwt_secret.clone(), file.jwt_secret).filter(|s| !s.is_empty());
+        cfg.jwt_public_key = pick(args.jwt_public_key.clone(), file.jwt_public_key);
+        if let Some(v) = pick(args.allow_private_targets, file.allow_private_targets) {
+            cfg.allow_private_targets = v;
+        }
+        if let Some(v) = pick(args.log.clone(), file.log) {
+            cfg.log = v;
+        }
+        if let Some(v) = pick(args.log_format.clone(), file.log_format) {
+            cfg.log_format = match v.to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "HOOKLINE_LOG_FORMAT",
+                        message: format!("{v:?}: expected text or json"),
+                    });
+                }
+            };
+        }
+        if let Some(v) = pick(args.sqlite_synchronous.clone(), file.sqlite_synchronous) {
+            let v = v.to_ascii_uppercase();
+            if v != "NORMAL" && v != "FULL" {
+                return Err(ConfigError::Invalid {
+                    name: "HOOKLINE_SQLITE_SYNCHRONOUS",
+                    message: format!("{v:?}: expected NORMAL or FULL"),
+                });
+            }
+            cfg.sqlite_synchronous = v;
+        }
+        if let Some(v) = pick(args.max_payload_bytes, file.max_payload_bytes) {
+            cfg.limits.max_payload_bytes = v;
+        }
+        if let Some(v) = pick(args.max_body_bytes, file.max_body_bytes) {
+            cfg.limits.max_body_bytes = v;
+        }
+        if cfg.limits.max_body_bytes < cfg.limits.max_payload_bytes {
+            return Err(ConfigError::Invalid {
+                name: "HOOKLINE_MAX_BODY_BYTES",
+                message: "must be at least HOOKLINE_MAX_PAYLOAD_BYTES".into(),
+            });
+        }
+        if let Some(v) = pick(args.max_concurrency, file.max_concurrency) {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    name: "HOOKLINE_MAX_CONCURRENCY",
+                    message: "must be at least 1".into(),
+                });
+            }
+            cfg.dispatch.max_concurrency = v;
+        }
+        if let Some(v) = pick(args.dispatcher, file.dispatcher) {
+            cfg.dispatch.enabled = v;
+        }
+        Ok(cfg)
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.database_url.starts_with("postgres")
+    }
+}
+
+fn pick<T>(flag_or_env: Option<T>, file: Option<T>) -> Option<T> {
+    flag_or_env.or(file)
+}
+
+fn sqlite_url(data_dir: &Path) -> String {
+    format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("hookline.db").display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_put_sqlite_in_data_dir() {
+        let cfg = Config::load(&ConfigArgs::default()).unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.database_url, "sqlite://data/hookline.db?mode=rwc");
+        assert!(!cfg.allow_private_targets);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9999\"\nallow_private_targets = true\nlog = \"debug\"\n",
+        )
+        .unwrap();
+        let args = ConfigArgs {
+            config: Some(path),
+            log: Some("warn".into()),
+            ..Default::default()
+        };
+        let cfg = Config::load(&args).unwrap();
+        assert_eq!(cfg.listen.port(), 9999);
+        assert!(cfg.allow_private_targets);
+        assert_eq!(cfg.log, "warn");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let args = ConfigArgs {
+            listen: Some("nope".into()),
+            ..Default::default()
+        };
+        let err = Config::load(&args).unwrap_err().to_string();
+        assert!(err.contains("HOOKLINE_LISTEN"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let args = ConfigArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert!(
+            Config::load(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("lisen")
+        );
+    }
+}

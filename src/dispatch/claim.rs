@@ -1,0 +1,160 @@
+//! Claiming due deliveries: one statement takes a batch and leases it to this instance.
+//! PostgreSQL skips rows other instances hold (`FOR UPDATE SKIP LOCKED`); SQLite has a single
+//! writer, so the same statement without the locking clause is already exclusive.
+//!
+//! A claim moves `next_attempt_at` to the lease's end: if this instance dies, the delivery
+//! simply becomes due again when the lease runs out, and any instance picks it up.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use entity::{destination, event};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter,
+    Statement, Value,
+};
+use uuid::Uuid;
+
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub event_id: Uuid,
+    pub destination_id: Uuid,
+    pub event_type: String,
+    pub attempt_count: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Claimed {
+    /// The status to go back to when released without an attempt.
+    pub fn waiting_status(&self) -> &'static str {
+        if self.attempt_count > 0 {
+            "AWAITING_RETRY"
+        } else {
+            "PENDING"
+        }
+    }
+}
+
+/// Claims up to `limit` deliveries due at `now`, oldest due first.
+pub async fn claim(
+    db: &impl ConnectionTrait,
+    owner: &str,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: u64,
+    skip_destinations: &[Uuid],
+) -> Result<Vec<Claimed>, DbErr> {
+    let backend = db.get_database_backend();
+    // The only backend difference: PostgreSQL must skip rows other instances are claiming.
+    let (p, lock) = match backend {
+        DbBackend::Postgres => (["$1", "$2", "$3", "$4"], " FOR UPDATE SKIP LOCKED"),
+        _ => (["?", "?", "?", "?"], ""),
+    };
+    // Destinations with a full waiting queue here are left for later (or other instances).
+    let skip = if skip_destinations.is_empty() {
+        String::new()
+    } else {
+        let first = if backend == DbBackend::Postgres { 5 } else { 6 };
+        let marks: Vec<String> = (0..skip_destinations.len())
+            .map(|i| match backend {
+                DbBackend::Postgres => format!("${}", first + i),
+                _ => "?".to_string(),
+            })
+            .collect();
+        format!(" AND destination_id NOT IN ({})", marks.join(", "))
+    };
+    let sql = format!(
+        "UPDATE delivery SET status = 'DELIVERING', lease_until = {lease}, \
+         next_attempt_at = {lease}, lease_owner = {owner} \
+         WHERE id IN (SELECT id FROM delivery WHERE next_attempt_at <= {now}{skip} \
+         ORDER BY next_attempt_at, id LIMIT {limit}{lock}) \
+         RETURNING id, tenant_id, event_id, destination_id, event_type, attempt_count, created_at",
+        lease = p[0],
+        owner = p[1],
+        now = p[2],
+        limit = p[3],
+    );
+    // SQLite numbers `?` by position, so the lease value is bound twice there.
+    let mut values: Vec<Value> = match backend {
+        DbBackend::Postgres => vec![lease_until.into(), owner.into(), now.into()],
+        _ => vec![
+            lease_until.into(),
+            lease_until.into(),
+            owner.into(),
+            now.into(),
+        ],
+    };
+    let skip_values = skip_destinations.iter().map(|id| Value::from(*id));
+    if backend == DbBackend::Postgres {
+        values.push((limit as i64).into());
+        values.extend(skip_values);
+    } else {
+        // Positional `?`: the skip list comes before LIMIT in the text.
+        values.extend(skip_values);
+        values.push((limit as i64).into());
+    }
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?;
+    let mut out = rows
+        .iter()
+        .map(|r| Claimed::from_query_result(r, ""))
+        .collect::<Result<Vec<_>, _>>()?;
+    // RETURNING order is unspecified; FIFO destinations need publish order.
+    out.sort_by_key(|c| c.id);
+    Ok(out)
+}
+
+/// The earliest time any delivery becomes due, for sleeping until then.
+pub async fn next_due(db: &impl ConnectionTrait) -> Result<Option<DateTime<Utc>>, DbErr> {
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT MIN(next_attempt_at) AS t FROM delivery WHERE next_attempt_at IS NOT NULL",
+        ))
+        .await?;
+    Ok(row.and_then(|r| r.try_get::<Option<DateTime<Utc>>>("", "t").ok().flatten()))
+}
+
+/// The events and destinations of a claimed batch: one query each.
+pub async fn load_context(
+    db: &impl ConnectionTrait,
+    claimed: &[Claimed],
+) -> Result<
+    (
+        HashMap<Uuid, event::Model>,
+        HashMap<Uuid, destination::Model>,
+    ),
+    DbErr,
+> {
+    let mut event_ids: Vec<Uuid> = claimed.iter().map(|c| c.event_id).collect();
+    event_ids.sort_unstable();
+    event_ids.dedup();
+    let mut dest_ids: Vec<Uuid> = claimed.iter().map(|c| c.destination_id).collect();
+    dest_ids.sort_unstable();
+    dest_ids.dedup();
+    let mut events = HashMap::with_capacity(event_ids.len());
+    for chunk in event_ids.chunks(500) {
+        for e in event::Entity::find()
+            .filter(event::Column::Id.is_in(chunk.iter().copied()))
+            .all(db)
+            .await?
+        {
+            events.insert(e.id, e);
+        }
+    }
+    let mut dests = HashMap::with_capacity(dest_ids.len());
+    for chunk in dest_ids.chunks(500) {
+        for d in destination::Entity::find()
+            .filter(destination::Column::Id.is_in(chunk.iter().copied()))
+            .all(db)
+            .await?
+        {
+            dests.insert(d.id, d);
+        }
+    }
+    Ok((events, dests))
+}

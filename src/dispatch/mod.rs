@@ -1,0 +1,285 @@
+//! The delivery engine. The loop here only moves data: it claims due deliveries, groups them
+//! by destination, passes each group through the gates (deleted, disabled, expired, circuit,
+//! batching window, FIFO), sends, and hands the results to the completion writer. Decisions
+//! are pure functions in [`retry`], [`circuit`], [`signing`] and [`payload`].
+
+pub mod circuit;
+pub mod claim;
+pub mod guard;
+pub mod payload;
+pub mod retry;
+pub mod rollup;
+pub mod runtime;
+pub mod sender;
+pub mod signing;
+mod unit;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use entity::{destination, event};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::service::now;
+use crate::state::AppState;
+use claim::Claimed;
+use runtime::Runtimes;
+use writer::{DeliveryUpdate, WriterMsg};
+
+pub use unit::send_test_event;
+
+/// Shared by the claim loop and the tasks it starts.
+pub(crate) struct Engine {
+    pub state: AppState,
+    pub runtimes: Runtimes,
+    /// Bounds concurrent outgoing requests across all destinations.
+    pub global: Arc<Semaphore>,
+    /// Claimed deliveries not yet finished, across destinations.
+    pub in_memory: AtomicUsize,
+    pub finished: tokio::sync::Notify,
+}
+
+impl Engine {
+    fn writer(&self) -> &writer::Writer {
+        &self.state.writer
+    }
+
+    /// Gives a claimed delivery back without an attempt, due again at `at` (None: parked
+    /// until the destination is enabled again).
+    pub fn release(&self, c: &Claimed, at: Option<DateTime<Utc>>) {
+        self.writer().send(WriterMsg::Delivery(DeliveryUpdate {
+            id: c.id,
+            status: c.waiting_status(),
+            attempt_count: None,
+            next_attempt_at: at,
+            last_status_code: None,
+            last_error: None,
+            completed: false,
+        }));
+    }
+
+    pub fn discard(&self, c: &Claimed, reason: &str) {
+        self.writer().send(WriterMsg::Delivery(DeliveryUpdate {
+            id: c.id,
+            status: "DISCARDED",
+            attempt_count: None,
+            next_attempt_at: None,
+            last_status_code: None,
+            last_error: Some(reason.to_string()),
+            completed: true,
+        }));
+    }
+
+    /// Bookkeeping once a claimed delivery is finished with, whatever happened to it.
+    pub fn done(&self, rt: &runtime::DestRuntime, n: usize) {
+        rt.waiting.fetch_sub(n, Ordering::Relaxed);
+        self.in_memory.fetch_sub(n, Ordering::Relaxed);
+        self.finished.notify_one();
+    }
+}
+
+pub struct Dispatcher {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Dispatcher {
+    /// Resolves once shutdown has drained in-flight work and released leases.
+    pub async fn stopped(self) {
+        if let Some(t) = self.task {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts the claim loop (unless disabled in the configuration).
+pub fn spawn(state: AppState) -> Dispatcher {
+    if !state.config.dispatch.enabled {
+        return Dispatcher { task: None };
+    }
+    let engine = Arc::new(Engine {
+        global: Arc::new(Semaphore::new(state.config.dispatch.max_concurrency)),
+        state,
+        runtimes: Runtimes::default(),
+        in_memory: AtomicUsize::new(0),
+        finished: tokio::sync::Notify::new(),
+    });
+    Dispatcher {
+        task: Some(tokio::spawn(run(engine))),
+    }
+}
+
+async fn run(engine: Arc<Engine>) {
+    let st = engine.state.clone();
+    let cfg = st.config.dispatch.clone();
+    if !st.db.is_postgres() {
+        // SQLite serves one instance: whatever was in flight when it last stopped is due now.
+        if let Err(e) = release_leases(&st.db.write, None).await {
+            tracing::error!(error = %e, "could not release stale leases");
+        }
+    }
+    let renew = tokio::spawn(renew_leases(st.clone()));
+    let mut groups = JoinSet::new();
+    let max_in_memory = cfg.max_concurrency * 4;
+    while !st.shutdown.is_cancelled() {
+        while groups.try_join_next().is_some() {}
+        let room = max_in_memory.saturating_sub(engine.in_memory.load(Ordering::Relaxed));
+        if room == 0 {
+            tokio::select! {
+                _ = engine.finished.notified() => {}
+                _ = st.shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        let limit = (room as u64).min(cfg.claim_batch);
+        let t = now();
+        let lease = t + TimeDelta::from_std(cfg.lease).unwrap_or(TimeDelta::seconds(30));
+        let skip = engine.runtimes.saturated();
+        let claimed =
+            match claim::claim(&st.db.write, &st.instance_id, t, lease, limit, &skip).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claim failed; retrying");
+                    sleep_or_shutdown(&st, Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+        metrics::counter!("hookline_claimed_total").increment(claimed.len() as u64);
+        if claimed.is_empty() {
+            idle(&st, cfg.poll_interval).await;
+            continue;
+        }
+        let full = claimed.len() as u64 == limit;
+        match claim::load_context(&st.db.read, &claimed).await {
+            Ok((events, dests)) => start_groups(&engine, &mut groups, claimed, events, dests),
+            Err(e) => {
+                // The leases lapse and the rows come back; nothing is lost.
+                tracing::warn!(error = %e, "loading claimed deliveries failed");
+                sleep_or_shutdown(&st, Duration::from_secs(1)).await;
+            }
+        }
+        if !full {
+            // Let the batch start before looking again; new work wakes us.
+            tokio::task::yield_now().await;
+        }
+    }
+    // Shutdown: groups still waiting give their deliveries back; requests in flight finish.
+    while groups.join_next().await.is_some() {}
+    renew.abort();
+    st.writer.close().await;
+    if let Err(e) = release_leases(&st.db.write, Some(&st.instance_id)).await {
+        tracing::error!(error = %e, "could not release leases at shutdown");
+    }
+}
+
+fn start_groups(
+    engine: &Arc<Engine>,
+    groups: &mut JoinSet<()>,
+    claimed: Vec<Claimed>,
+    mut events: HashMap<uuid::Uuid, event::Model>,
+    dests: HashMap<uuid::Uuid, destination::Model>,
+) {
+    let mut by_dest: HashMap<uuid::Uuid, Vec<(Claimed, Option<event::Model>)>> = HashMap::new();
+    for c in claimed {
+        // An event shared by several deliveries in the batch is cloned for each.
+        let ev = events.get(&c.event_id).cloned();
+        by_dest.entry(c.destination_id).or_default().push((c, ev));
+    }
+    events.clear();
+    for (dest_id, items) in by_dest {
+        engine.in_memory.fetch_add(items.len(), Ordering::Relaxed);
+        let Some(d) = dests.get(&dest_id).cloned() else {
+            // The destination row vanished (cannot happen with soft deletes): give up on them.
+            for (c, _) in &items {
+                engine.discard(c, "destination no longer exists");
+            }
+            engine.in_memory.fetch_sub(items.len(), Ordering::Relaxed);
+            continue;
+        };
+        let rt = engine.runtimes.get(&d);
+        rt.waiting.fetch_add(items.len(), Ordering::Relaxed);
+        groups.spawn(unit::handle_group(engine.clone(), rt, d, items));
+    }
+}
+
+async fn sleep_or_shutdown(st: &AppState, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = st.shutdown.cancelled() => {}
+    }
+}
+
+/// Sleeps until woken by new work, the next scheduled delivery, the poll interval, or
+/// shutdown — whichever is first.
+async fn idle(st: &AppState, poll: Duration) {
+    let until_due = match claim::next_due(&st.db.read).await {
+        Ok(Some(t)) => (t - now()).to_std().unwrap_or(Duration::ZERO),
+        _ => poll,
+    };
+    let wait = until_due.min(poll).max(Duration::from_millis(5));
+    tokio::select! {
+        _ = st.wake.notified() => {}
+        _ = tokio::time::sleep(wait) => {}
+        _ = st.shutdown.cancelled() => {}
+    }
+}
+
+/// Keeps this instance's leases alive while it works on them; a dead instance stops
+/// renewing and its deliveries come back within one lease.
+async fn renew_leases(st: AppState) {
+    let lease = st.config.dispatch.lease;
+    let every = lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let until = now() + TimeDelta::from_std(lease).unwrap_or(TimeDelta::seconds(30));
+        let backend = st.db.backend();
+        let sql = match backend {
+            DbBackend::Postgres => {
+                "UPDATE delivery SET lease_until = $1, next_attempt_at = $1 \
+                 WHERE lease_owner = $2 AND status = 'DELIVERING'"
+            }
+            _ => {
+                "UPDATE delivery SET lease_until = ?1, next_attempt_at = ?1 \
+                 WHERE lease_owner = ?2 AND status = 'DELIVERING'"
+            }
+        };
+        let stmt = Statement::from_sql_and_values(
+            backend,
+            sql,
+            [until.into(), st.instance_id.to_string().into()],
+        );
+        if let Err(e) = st.db.write.execute_raw(stmt).await {
+            tracing::warn!(error = %e, "lease renewal failed");
+        }
+    }
+}
+
+/// Makes leased deliveries due now: all of them (SQLite start-up) or one owner's (shutdown).
+async fn release_leases(
+    db: &sea_orm::DatabaseConnection,
+    owner: Option<&str>,
+) -> Result<(), sea_orm::DbErr> {
+    let backend = db.get_database_backend();
+    let (p1, p2) = match backend {
+        DbBackend::Postgres => ("$1", "$2"),
+        _ => ("?1", "?2"),
+    };
+    let mut sql = format!(
+        "UPDATE delivery SET status = CASE WHEN attempt_count > 0 THEN 'AWAITING_RETRY' \
+         ELSE 'PENDING' END, next_attempt_at = {p1}, lease_until = NULL, lease_owner = NULL \
+         WHERE status = 'DELIVERING'"
+    );
+    let mut values: Vec<sea_orm::Value> = vec![now().into()];
+    if let Some(o) = owner {
+        sql.push_str(&format!(" AND lease_owner = {p2}"));
+        values.push(o.into());
+    }
+    db.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?;
+    Ok(())
+}

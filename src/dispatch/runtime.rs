@@ -1,0 +1,178 @@
+//! What this instance knows about each destination between claims: its health (circuit), the
+//! gate before which nothing may be sent, its in-flight limit, its rate limiter and its FIFO
+//! lock. The database row stays the source of truth for settings; this is the fast path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use chrono::{DateTime, Utc};
+use entity::destination;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use super::circuit::Health;
+
+#[derive(Clone, Debug)]
+pub struct HealthState {
+    pub health: Health,
+    pub consecutive_failures: u32,
+    /// No attempt before this time (circuit probe time, or an ordered head's retry).
+    pub gate: Option<DateTime<Utc>>,
+}
+
+pub struct DestRuntime {
+    /// The row version this runtime was built from; a user change resets it.
+    pub version: i32,
+    pub state: Mutex<HealthState>,
+    pub in_flight: Arc<Semaphore>,
+    pub max_in_flight: usize,
+    pub batch_size: usize,
+    /// Held while an ordered destination works through a group, so groups run one by one.
+    pub fifo: tokio::sync::Mutex<()>,
+    pub rate: Option<TokenBucket>,
+    /// Deliveries claimed and not yet finished, for the claim back-pressure.
+    pub waiting: std::sync::atomic::AtomicUsize,
+    /// End of the current batching window, when the destination batches.
+    pub batch_deadline: Mutex<Option<DateTime<Utc>>>,
+}
+
+impl DestRuntime {
+    fn from_row(d: &destination::Model) -> Self {
+        let max = d.max_in_flight.max(1) as usize;
+        let max = if d.ordered { 1 } else { max };
+        Self {
+            version: d.version,
+            state: Mutex::new(HealthState {
+                health: Health::parse(&d.status).unwrap_or(Health::Active),
+                consecutive_failures: d.consecutive_failures.max(0) as u32,
+                gate: d.next_attempt_at,
+            }),
+            in_flight: Arc::new(Semaphore::new(max)),
+            max_in_flight: max,
+            batch_size: d.batch_size.max(1) as usize,
+            fifo: tokio::sync::Mutex::new(()),
+            rate: d
+                .rate_limit_per_sec
+                .filter(|r| *r > 0)
+                .map(|r| TokenBucket::new(r as f64)),
+            waiting: Default::default(),
+            batch_deadline: Mutex::new(None),
+        }
+    }
+
+    pub fn health(&self) -> HealthState {
+        self.state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn set_health(&self, h: HealthState) {
+        match self.state.lock() {
+            Ok(mut s) => *s = h,
+            Err(p) => *p.into_inner() = h,
+        }
+    }
+
+    /// How many claimed deliveries may wait here before claims skip this destination.
+    pub fn waiting_cap(&self) -> usize {
+        (self.max_in_flight * 2).max(self.batch_size * 2).max(4)
+    }
+}
+
+#[derive(Default)]
+pub struct Runtimes {
+    map: Mutex<HashMap<Uuid, Arc<DestRuntime>>>,
+}
+
+impl Runtimes {
+    /// The runtime for a destination row, rebuilt when the row's version moved on (a user
+    /// changed settings, re-enabled it...). Health reported by other instances is taken from
+    /// the row then too.
+    pub fn get(&self, d: &destination::Model) -> Arc<DestRuntime> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&d.id) {
+            Some(rt) if rt.version == d.version => rt.clone(),
+            _ => {
+                let rt = Arc::new(DestRuntime::from_row(d));
+                map.insert(d.id, rt.clone());
+                rt
+            }
+        }
+    }
+
+    /// Destinations whose waiting queue is full: the next claim leaves their rows alone.
+    pub fn saturated(&self) -> Vec<Uuid> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter(|(_, rt)| {
+                rt.waiting.load(std::sync::atomic::Ordering::Relaxed) >= rt.waiting_cap()
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn total_waiting(&self) -> usize {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .map(|rt| rt.waiting.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// A token bucket: `rate` requests per second, bursts up to one second's worth.
+pub struct TokenBucket {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64) -> Self {
+        Self {
+            rate,
+            state: Mutex::new((rate.min(1.0), Instant::now())),
+        }
+    }
+
+    /// Time to wait before the next request may go, taking its token if it may go now.
+    fn try_take(&self) -> Option<Duration> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let elapsed = now.duration_since(s.1).as_secs_f64();
+        s.0 = (s.0 + elapsed * self.rate).min(self.rate.max(1.0));
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            None
+        } else {
+            Some(Duration::from_secs_f64((1.0 - s.0) / self.rate))
+        }
+    }
+
+    pub async fn acquire(&self) {
+        while let Some(wait) = self.try_take() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_spaces_requests() {
+        let b = TokenBucket::new(5.0);
+        let start = tokio::time::Instant::now();
+        for _ in 0..11 {
+            b.acquire().await;
+        }
+        // The first token is there at once; ten more need two seconds at 5/s.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(1900), "{took:?}");
+        assert!(took <= Duration::from_millis(2300), "{took:?}");
+    }
+}

@@ -1,0 +1,428 @@
+//! One destination's share of a claim: the gates it passes, the requests it becomes (single
+//! deliveries or batches), and what each outcome means for the deliveries and the destination.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use entity::{delivery, delivery_attempt, destination, event};
+use uuid::Uuid;
+
+use super::Engine;
+use super::circuit::{self, AttemptResult, Health};
+use super::claim::Claimed;
+use super::payload::{self, EventRef, PayloadFormat};
+use super::retry;
+use super::runtime::{DestRuntime, HealthState};
+use super::sender::Outcome;
+use super::writer::{DeliveryUpdate, HealthUpdate, WriterMsg};
+use crate::auth::Principal;
+use crate::error::{AppError, AppResult};
+use crate::service::destinations::retry_schedule_of;
+use crate::service::{new_id, now};
+
+type Item = (Claimed, Option<event::Model>);
+
+/// How long a probe of an open circuit reserves the destination.
+const PROBE_RESERVATION: TimeDelta = TimeDelta::seconds(60);
+
+pub(super) async fn handle_group(
+    engine: Arc<Engine>,
+    rt: Arc<DestRuntime>,
+    d: destination::Model,
+    items: Vec<Item>,
+) {
+    let n = items.len();
+    let t = now();
+    let mut live: Vec<Item> = Vec::with_capacity(n);
+    for (c, ev) in items {
+        if d.deleted_at.is_some() {
+            engine.discard(&c, "destination deleted");
+        } else if !d.enabled {
+            engine.release(&c, None);
+        } else if ev.is_none() {
+            engine.discard(&c, "event no longer exists");
+        } else if expired(&d, &c, t) {
+            engine.discard(&c, "older than discardAfterSecs");
+        } else {
+            live.push((c, ev));
+        }
+    }
+    if live.is_empty() {
+        engine.done(&rt, n);
+        return;
+    }
+    let h = rt.health();
+    if let Some(gate) = h.gate.filter(|g| *g > t) {
+        for (c, _) in &live {
+            if d.lossy && h.health == Health::Failing {
+                engine.discard(c, "lossy destination is failing");
+            } else {
+                engine.release(c, Some(gate));
+            }
+        }
+        engine.done(&rt, n);
+        return;
+    }
+    if let Some(deadline) = batch_deadline(&rt, &d, &live, t) {
+        for (c, _) in &live {
+            engine.release(c, Some(deadline));
+        }
+        engine.done(&rt, n);
+        return;
+    }
+    engine.done(&rt, n - live.len());
+    let size = d.batch_size.max(1) as usize;
+    let mut units: Vec<Vec<Item>> = Vec::new();
+    let mut it = live.into_iter().peekable();
+    while it.peek().is_some() {
+        units.push(it.by_ref().take(size).collect());
+    }
+    let d = Arc::new(d);
+    if d.ordered {
+        let _fifo = rt.fifo.lock().await;
+        for unit in units {
+            send_unit(&engine, &rt, &d, unit).await;
+        }
+    } else {
+        let mut set = tokio::task::JoinSet::new();
+        for unit in units {
+            let (engine, rt, d) = (engine.clone(), rt.clone(), d.clone());
+            set.spawn(async move { send_unit(&engine, &rt, &d, unit).await });
+        }
+        while set.join_next().await.is_some() {}
+    }
+}
+
+fn expired(d: &destination::Model, c: &Claimed, t: DateTime<Utc>) -> bool {
+    d.discard_after_secs
+        .is_some_and(|s| c.created_at + TimeDelta::seconds(s) < t)
+}
+
+/// With batching, a group smaller than a batch waits for the window to close (the window
+/// opens with the first delivery seen). Returns the time to wait until.
+fn batch_deadline(
+    rt: &DestRuntime,
+    d: &destination::Model,
+    live: &[Item],
+    t: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    if d.batch_size <= 1 || d.batch_window_ms <= 0 {
+        return None;
+    }
+    let mut slot = rt.batch_deadline.lock().unwrap_or_else(|p| p.into_inner());
+    let oldest = live.iter().map(|(c, _)| c.created_at).min().unwrap_or(t);
+    let deadline = *slot.get_or_insert(oldest + TimeDelta::milliseconds(d.batch_window_ms as i64));
+    if live.len() < d.batch_size as usize && deadline > t {
+        Some(deadline)
+    } else {
+        *slot = None;
+        None
+    }
+}
+
+enum Admit {
+    Go { probe: bool },
+    Wait(DateTime<Utc>),
+}
+
+/// Whether a request may go now. An open circuit past its probe time lets exactly one
+/// request through (it reserves the gate) and holds the rest.
+fn admit(rt: &DestRuntime) -> Admit {
+    let mut s = rt.state.lock().unwrap_or_else(|p| p.into_inner());
+    let t = now();
+    if let Some(g) = s.gate.filter(|g| *g > t) {
+        return Admit::Wait(g);
+    }
+    if s.health == Health::Failing {
+        s.gate = Some(t + PROBE_RESERVATION);
+        return Admit::Go { probe: true };
+    }
+    Admit::Go { probe: false }
+}
+
+async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, unit: Vec<Item>) {
+    let n = unit.len();
+    let st = &engine.state;
+    // Permits: the destination's own limit first, so a slow destination queues on itself
+    // and never holds global capacity while it waits.
+    let permits = async {
+        let own = rt.in_flight.acquire().await.ok()?;
+        if let Some(rate) = &rt.rate {
+            rate.acquire().await;
+        }
+        let global = engine.global.acquire().await.ok()?;
+        Some((own, global))
+    };
+    let permits = tokio::select! {
+        p = permits => p,
+        _ = st.shutdown.cancelled() => None,
+    };
+    let Some(_permits) = permits else {
+        for (c, _) in &unit {
+            engine.release(c, Some(now()));
+        }
+        engine.done(rt, n);
+        return;
+    };
+    let probe = match admit(rt) {
+        Admit::Wait(t) => {
+            for (c, _) in &unit {
+                engine.release(c, Some(t));
+            }
+            engine.done(rt, n);
+            return;
+        }
+        Admit::Go { probe } => probe,
+    };
+    let request_id = new_id();
+    let (msg_id, body) = build_body(d, &unit, request_id);
+    let started_at = now();
+    metrics::gauge!("hookline_in_flight").increment(1.0);
+    let outcome = st.sender.send(d, &msg_id, body).await;
+    metrics::gauge!("hookline_in_flight").decrement(1.0);
+    metrics::histogram!("hookline_attempt_duration_seconds").record(outcome.duration.as_secs_f64());
+    let finished_at = now();
+    let mut any_retry = None;
+    for (c, _) in &unit {
+        let (update, attempt) = settle(d, c, &outcome, request_id, started_at, finished_at);
+        if update.status == "AWAITING_RETRY" {
+            any_retry = any_retry.max(update.next_attempt_at);
+        }
+        engine
+            .state
+            .writer
+            .send(WriterMsg::Attempt(Box::new(attempt), update));
+    }
+    let health = update_health(engine, rt, d, &outcome, any_retry, finished_at);
+    if probe && health.health == Health::Active {
+        tracing::info!(destination = %d.id, "circuit closed after a successful probe");
+    }
+    engine.done(rt, n);
+}
+
+/// The message id and body of one request: a single event in the destination's format, or a
+/// batch envelope (whose id is the request id) for batching destinations.
+fn build_body(d: &destination::Model, unit: &[Item], request_id: Uuid) -> (String, Vec<u8>) {
+    let events: Vec<&event::Model> = unit.iter().filter_map(|(_, ev)| ev.as_ref()).collect();
+    let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+    let refs: Vec<EventRef> = events
+        .iter()
+        .zip(&ids)
+        .map(|(e, id)| EventRef {
+            id,
+            event_type: &e.event_type,
+            level: &e.level,
+            created_at: e.created_at,
+            payload_json: &e.payload,
+        })
+        .collect();
+    match refs.first() {
+        Some(single) if d.batch_size <= 1 => {
+            let format = PayloadFormat::parse(&d.payload_format).unwrap_or(PayloadFormat::Envelope);
+            (ids[0].clone(), payload::single_body(format, single))
+        }
+        _ => (request_id.to_string(), payload::batch_body(&refs)),
+    }
+}
+
+/// What an attempt's outcome means for one delivery: its new state and the attempt row.
+fn settle(
+    d: &destination::Model,
+    c: &Claimed,
+    o: &Outcome,
+    request_id: Uuid,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+) -> (DeliveryUpdate, delivery_attempt::Model) {
+    let number = c.attempt_count + 1;
+    let status_code = o.status.map(i32::from);
+    let (status, next) = if o.success() {
+        ("SUCCEEDED", None)
+    } else if o.gone() || d.lossy {
+        (if o.gone() { "FAILED" } else { "DISCARDED" }, None)
+    } else {
+        let delay = o.retry_after.or_else(|| {
+            retry::next_delay(
+                &retry_schedule_of(d),
+                d.max_attempts.max(1) as u32,
+                number as u32,
+                retry::random_jitter(),
+            )
+        });
+        // Retry-After cannot extend past the attempt budget either.
+        let delay = if number >= d.max_attempts {
+            None
+        } else {
+            delay
+        };
+        match delay {
+            None => ("FAILED", None),
+            Some(delay) => {
+                let at = finished_at + TimeDelta::from_std(delay).unwrap_or(TimeDelta::zero());
+                if d.discard_after_secs
+                    .is_some_and(|s| at > c.created_at + TimeDelta::seconds(s))
+                {
+                    ("DISCARDED", None)
+                } else {
+                    ("AWAITING_RETRY", Some(at))
+                }
+            }
+        }
+    };
+    let error = o.error.as_ref().map(|(_, m)| m.clone());
+    let attempt = delivery_attempt::Model {
+        id: new_id(),
+        tenant_id: c.tenant_id.clone(),
+        delivery_id: c.id,
+        destination_id: c.destination_id,
+        event_id: c.event_id,
+        event_type: c.event_type.clone(),
+        attempt_number: number,
+        request_id,
+        started_at,
+        duration_ms: o.duration.as_millis().min(i32::MAX as u128) as i32,
+        response_status: status_code,
+        response_body: o.body.clone(),
+        error_kind: o.error.as_ref().map(|(k, _)| k.as_str().to_string()),
+        error_message: error.clone(),
+        outcome: if o.success() { "SUCCESS" } else { "FAILURE" }.to_string(),
+        next_attempt_at: next,
+    };
+    let update = DeliveryUpdate {
+        id: c.id,
+        status,
+        attempt_count: Some(number),
+        next_attempt_at: next,
+        last_status_code: status_code,
+        last_error: error,
+        completed: next.is_none(),
+    };
+    (update, attempt)
+}
+
+/// Applies the circuit transition in memory (so the next request sees it at once) and
+/// queues it for the database.
+fn update_health(
+    engine: &Engine,
+    rt: &DestRuntime,
+    d: &destination::Model,
+    o: &Outcome,
+    retry_at: Option<DateTime<Utc>>,
+    t: DateTime<Utc>,
+) -> HealthState {
+    let before = rt.health();
+    let result = if o.success() {
+        AttemptResult::Success
+    } else if o.gone() {
+        AttemptResult::Gone
+    } else {
+        AttemptResult::Failure {
+            retry_scheduled: retry_at.is_some(),
+        }
+    };
+    let tr = circuit::after_attempt(before.health, before.consecutive_failures, result);
+    let mut gate = tr
+        .pause_for
+        .and_then(|p| TimeDelta::from_std(p).ok())
+        .map(|p| t + p);
+    // FIFO: nothing overtakes a head that waits for its retry.
+    if d.ordered && gate.is_none() {
+        gate = retry_at;
+    }
+    let after = HealthState {
+        health: tr.health,
+        consecutive_failures: tr.consecutive_failures,
+        gate,
+    };
+    rt.set_health(after.clone());
+    let failed = !o.success();
+    engine
+        .state
+        .writer
+        .send(WriterMsg::Health(Box::new(HealthUpdate {
+            destination_id: d.id,
+            tenant_id: d.tenant_id.clone(),
+            health: after.health,
+            consecutive_failures: after.consecutive_failures,
+            gate: after.gate,
+            last_success_at: (!failed).then_some(t),
+            last_failure_at: failed.then_some(t),
+            last_failed_status_code: if failed {
+                o.status.map(i32::from)
+            } else {
+                None
+            },
+            last_failed_reason: if failed {
+                o.error.as_ref().map(|(_, m)| m.clone())
+            } else {
+                None
+            },
+            disable: tr.disable,
+            changed: after.health != before.health,
+        })));
+    after
+}
+
+/// `sendTestEvent`: a `hookline.test` event for this destination only, attempted now and
+/// recorded like any other attempt (it does not move the destination's health), returned
+/// once committed.
+pub async fn send_test_event(
+    st: &crate::state::AppState,
+    p: &Principal,
+    destination_id: Uuid,
+) -> AppResult<delivery_attempt::Model> {
+    use sea_orm::TransactionTrait;
+    let d = crate::service::destinations::get_required(&st.db.read, p, destination_id).await?;
+    let t = now();
+    let ev = event::Model {
+        id: new_id(),
+        tenant_id: p.tenant.clone(),
+        event_type: "hookline.test".into(),
+        level: "INFO".into(),
+        payload: serde_json::json!({
+            "test": true,
+            "destinationId": d.id.to_string(),
+            "sentAt": t.to_rfc3339(),
+        })
+        .to_string(),
+        idempotency_key: None,
+        created_at: t,
+    };
+    let mut dl = crate::service::events::new_delivery(&ev, d.id, t);
+    // Leased like a claim: if this process dies mid-request the dispatcher finishes it.
+    let lease = t + TimeDelta::from_std(st.config.dispatch.lease).unwrap_or(TimeDelta::seconds(30));
+    dl.status = "DELIVERING".into();
+    dl.next_attempt_at = Some(lease);
+    dl.lease_until = Some(lease);
+    dl.lease_owner = Some(st.instance_id.to_string());
+    let txn = st.db.write.begin().await?;
+    crate::service::events::insert_chunked(&txn, vec![event::ActiveModel::from(ev.clone())])
+        .await?;
+    crate::service::events::insert_chunked(&txn, vec![delivery::ActiveModel::from(dl.clone())])
+        .await?;
+    txn.commit().await?;
+    let claimed = Claimed {
+        id: dl.id,
+        tenant_id: dl.tenant_id.clone(),
+        event_id: ev.id,
+        destination_id: d.id,
+        event_type: dl.event_type.clone(),
+        attempt_count: 0,
+        created_at: t,
+    };
+    let unit = vec![(claimed.clone(), Some(ev))];
+    let request_id = new_id();
+    let (msg_id, body) = build_body(&d, &unit, request_id);
+    let started_at = now();
+    let outcome = st.sender.send(&d, &msg_id, body).await;
+    let (update, attempt) = settle(&d, &claimed, &outcome, request_id, started_at, now());
+    st.writer
+        .send(WriterMsg::Attempt(Box::new(attempt.clone()), update));
+    if !st.writer.barrier().await {
+        return Err(AppError::Unavailable("the server is shutting down".into()));
+    }
+    if attempt.next_attempt_at.is_some() {
+        st.wake.notify_one();
+    }
+    Ok(attempt)
+}

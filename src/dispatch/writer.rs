@@ -1,0 +1,383 @@
+//! The completion writer: finished attempts, delivery state changes, destination health and
+//! the per-minute rollups are gathered and written in one transaction per flush — never a
+//! round trip per row on the hot path. After each commit the attempts and status changes go
+//! on the live bus.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use entity::{delivery, delivery_attempt, destination};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
+    TransactionTrait,
+};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::circuit::Health;
+use super::rollup::RollupBook;
+use crate::live::{LiveBus, LiveEvent, StatusChange};
+use crate::service::events::insert_chunked;
+use crate::service::now;
+
+/// A delivery's new state after an attempt, a release or a discard.
+#[derive(Clone, Debug)]
+pub struct DeliveryUpdate {
+    pub id: Uuid,
+    pub status: &'static str,
+    /// Absolute, so re-applying an update is harmless.
+    pub attempt_count: Option<i32>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub completed: bool,
+}
+
+/// A destination's health after the attempts of this instance.
+#[derive(Clone, Debug)]
+pub struct HealthUpdate {
+    pub destination_id: Uuid,
+    pub tenant_id: String,
+    pub health: Health,
+    pub consecutive_failures: u32,
+    pub gate: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+    pub last_failed_status_code: Option<i32>,
+    pub last_failed_reason: Option<String>,
+    /// 410 Gone: the destination is switched off.
+    pub disable: bool,
+    /// Whether the status differs from before (goes on the live bus).
+    pub changed: bool,
+}
+
+pub enum WriterMsg {
+    Attempt(Box<delivery_attempt::Model>, DeliveryUpdate),
+    Delivery(DeliveryUpdate),
+    Health(Box<HealthUpdate>),
+    /// Answered once everything sent before it has committed.
+    Barrier(oneshot::Sender<()>),
+    /// Flush what came before, answer, and stop.
+    Close(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::UnboundedSender<WriterMsg>,
+}
+
+impl Writer {
+    pub fn start(db: DatabaseConnection, live: LiveBus, instance_id: Arc<str>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(db, live, instance_id, rx));
+        Self { tx }
+    }
+
+    pub fn send(&self, msg: WriterMsg) {
+        // Only fails after `close`, when the process is stopping and leases cover the rest.
+        let _ = self.tx.send(msg);
+    }
+
+    /// Waits until everything sent so far is committed. False if the writer has stopped.
+    pub async fn barrier(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.send(WriterMsg::Barrier(tx));
+        rx.await.is_ok()
+    }
+
+    /// Flushes and stops the writer.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(WriterMsg::Close(tx));
+        let _ = rx.await;
+    }
+}
+
+const MAX_FLUSH: usize = 2000;
+
+async fn run(
+    db: DatabaseConnection,
+    live: LiveBus,
+    instance_id: Arc<str>,
+    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
+) {
+    let mut book = RollupBook::new(instance_id.clone());
+    let mut batch = Vec::with_capacity(MAX_FLUSH);
+    let mut closing = None;
+    while closing.is_none() && rx.recv_many(&mut batch, MAX_FLUSH).await > 0 {
+        let msgs = std::mem::take(&mut batch);
+        let mut acks = Vec::new();
+        let flush = Flush::from(msgs, &mut book, &mut acks, &mut closing);
+        let statuses: Vec<StatusChange> = flush
+            .health
+            .values()
+            .filter(|h| h.changed || h.disable)
+            .map(|h| StatusChange {
+                tenant_id: h.tenant_id.clone(),
+                destination_id: h.destination_id,
+                status: h.health.as_str().to_string(),
+                enabled: !h.disable,
+                at: now(),
+            })
+            .collect();
+        let mut backoff = Duration::from_millis(100);
+        // Nothing finished is dropped: a failed flush is retried until the database is back.
+        // (Leases may expire meanwhile; the receiver then sees a duplicate, never a loss.)
+        loop {
+            match flush.write(&db, &instance_id, &statuses).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "completion flush failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        metrics::counter!("hookline_attempts_total", "outcome" => "success")
+            .increment(flush.successes);
+        metrics::counter!("hookline_attempts_total", "outcome" => "failure")
+            .increment(flush.attempts.len() as u64 - flush.successes);
+        for a in flush.attempts {
+            live.publish(LiveEvent::Attempt(Arc::new(a)));
+        }
+        for s in statuses {
+            live.publish(LiveEvent::Status(Arc::new(s)));
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+    }
+    if let Some(ack) = closing {
+        let _ = ack.send(());
+    }
+}
+
+struct Flush {
+    attempts: Vec<delivery_attempt::Model>,
+    successes: u64,
+    deliveries: Vec<DeliveryUpdate>,
+    health: HashMap<Uuid, HealthUpdate>,
+    rollups: Vec<entity::attempt_rollup::Model>,
+}
+
+impl Flush {
+    fn from(
+        msgs: Vec<WriterMsg>,
+        book: &mut RollupBook,
+        acks: &mut Vec<oneshot::Sender<()>>,
+        closing: &mut Option<oneshot::Sender<()>>,
+    ) -> Self {
+        let mut f = Flush {
+            attempts: Vec::new(),
+            successes: 0,
+            deliveries: Vec::new(),
+            health: HashMap::new(),
+            rollups: Vec::new(),
+        };
+        for m in msgs {
+            match m {
+                WriterMsg::Attempt(a, d) => {
+                    book.record(&a);
+                    if a.outcome == "SUCCESS" {
+                        f.successes += 1;
+                    }
+                    f.attempts.push(*a);
+                    f.deliveries.push(d);
+                }
+                WriterMsg::Delivery(d) => f.deliveries.push(d),
+                WriterMsg::Barrier(ack) => acks.push(ack),
+                // Anything after Close in this batch was sent after close began; drop it.
+                WriterMsg::Close(ack) => {
+                    *closing = Some(ack);
+                    break;
+                }
+                WriterMsg::Health(h) => {
+                    let h = *h;
+                    match f.health.get_mut(&h.destination_id) {
+                        Some(prev) => merge_health(prev, h),
+                        None => {
+                            f.health.insert(h.destination_id, h);
+                        }
+                    }
+                }
+            }
+        }
+        f.rollups = book.take_dirty();
+        f
+    }
+
+    async fn write(
+        &self,
+        db: &DatabaseConnection,
+        instance_id: &str,
+        statuses: &[StatusChange],
+    ) -> Result<(), DbErr> {
+        let txn = db.begin().await?;
+        let rows: Vec<delivery_attempt::ActiveModel> =
+            self.attempts.iter().cloned().map(Into::into).collect();
+        insert_chunked(&txn, rows)
+            .await
+            .map_err(|e| DbErr::Custom(e.detail()))?;
+        write_deliveries(&txn, &self.deliveries).await?;
+        for h in self.health.values() {
+            write_health(&txn, h).await?;
+        }
+        super::rollup::upsert(&txn, &self.rollups).await?;
+        let ids: Vec<Uuid> = self.attempts.iter().map(|a| a.id).collect();
+        crate::live::pg::announce(&txn, instance_id, &ids, statuses).await?;
+        txn.commit().await
+    }
+}
+
+/// Later updates win, but the "last success/failure" facts accumulate.
+fn merge_health(prev: &mut HealthUpdate, next: HealthUpdate) {
+    let changed = prev.changed || next.changed;
+    let disable = prev.disable || next.disable;
+    let last_success_at = next.last_success_at.or(prev.last_success_at);
+    let (failed_at, code, reason) = if next.last_failure_at.is_some() {
+        (
+            next.last_failure_at,
+            next.last_failed_status_code,
+            next.last_failed_reason.clone(),
+        )
+    } else {
+        (
+            prev.last_failure_at,
+            prev.last_failed_status_code,
+            prev.last_failed_reason.take(),
+        )
+    };
+    *prev = HealthUpdate {
+        changed,
+        disable,
+        last_success_at,
+        last_failure_at: failed_at,
+        last_failed_status_code: code,
+        last_failed_reason: reason,
+        ..next
+    };
+}
+
+/// Successes of a flush share one statement per status code; the rest go one by one.
+async fn write_deliveries(db: &impl ConnectionTrait, ups: &[DeliveryUpdate]) -> Result<(), DbErr> {
+    let t = now();
+    let mut groups: HashMap<(i32, i32), Vec<Uuid>> = HashMap::new();
+    for u in ups {
+        if u.status == "SUCCEEDED" && u.last_error.is_none() {
+            if let (Some(code), Some(n)) = (u.last_status_code, u.attempt_count) {
+                groups.entry((code, n)).or_default().push(u.id);
+                continue;
+            }
+        }
+        let mut q = delivery::Entity::update_many()
+            .col_expr(delivery::Column::Status, Expr::value(u.status))
+            .col_expr(
+                delivery::Column::NextAttemptAt,
+                Expr::value(u.next_attempt_at),
+            )
+            .col_expr(
+                delivery::Column::LeaseUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(
+                delivery::Column::LeaseOwner,
+                Expr::value(Option::<String>::None),
+            );
+        if let Some(n) = u.attempt_count {
+            q = q
+                .col_expr(delivery::Column::AttemptCount, Expr::value(n))
+                .col_expr(
+                    delivery::Column::LastStatusCode,
+                    Expr::value(u.last_status_code),
+                )
+                .col_expr(
+                    delivery::Column::LastError,
+                    Expr::value(u.last_error.clone()),
+                );
+        } else if u.last_error.is_some() {
+            q = q.col_expr(
+                delivery::Column::LastError,
+                Expr::value(u.last_error.clone()),
+            );
+        }
+        if u.completed {
+            q = q.col_expr(delivery::Column::CompletedAt, Expr::value(t));
+        }
+        q.filter(delivery::Column::Id.eq(u.id)).exec(db).await?;
+    }
+    for ((code, n), ids) in groups {
+        for chunk in ids.chunks(500) {
+            delivery::Entity::update_many()
+                .col_expr(delivery::Column::Status, Expr::value("SUCCEEDED"))
+                .col_expr(delivery::Column::AttemptCount, Expr::value(n))
+                .col_expr(delivery::Column::LastStatusCode, Expr::value(code))
+                .col_expr(
+                    delivery::Column::LastError,
+                    Expr::value(Option::<String>::None),
+                )
+                .col_expr(
+                    delivery::Column::NextAttemptAt,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
+                .col_expr(
+                    delivery::Column::LeaseUntil,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
+                .col_expr(
+                    delivery::Column::LeaseOwner,
+                    Expr::value(Option::<String>::None),
+                )
+                .col_expr(delivery::Column::CompletedAt, Expr::value(t))
+                .filter(delivery::Column::Id.is_in(chunk.iter().copied()))
+                .exec(db)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn write_health(db: &impl ConnectionTrait, h: &HealthUpdate) -> Result<(), DbErr> {
+    let mut q = destination::Entity::update_many()
+        .col_expr(destination::Column::Status, Expr::value(h.health.as_str()))
+        .col_expr(
+            destination::Column::ConsecutiveFailures,
+            Expr::value(h.consecutive_failures as i32),
+        )
+        .col_expr(destination::Column::NextAttemptAt, Expr::value(h.gate));
+    if let Some(t) = h.last_success_at {
+        q = q.col_expr(destination::Column::LastSuccessAt, Expr::value(t));
+    }
+    if let Some(t) = h.last_failure_at {
+        q = q
+            .col_expr(destination::Column::LastFailureAt, Expr::value(t))
+            .col_expr(
+                destination::Column::LastFailedStatusCode,
+                Expr::value(h.last_failed_status_code),
+            )
+            .col_expr(
+                destination::Column::LastFailedReason,
+                Expr::value(h.last_failed_reason.clone()),
+            );
+    }
+    if h.disable {
+        // A user-visible change: bump the version so every instance reloads the destination.
+        q = q
+            .col_expr(destination::Column::Enabled, Expr::value(false))
+            .col_expr(
+                destination::Column::Version,
+                Expr::col(destination::Column::Version).add(1),
+            )
+            .col_expr(destination::Column::UpdatedAt, Expr::value(now()))
+            .col_expr(destination::Column::UpdatedBy, Expr::value("hookline"));
+    }
+    // A user's "disable" made while attempts were in flight must not be undone by them.
+    q.filter(destination::Column::Id.eq(h.destination_id))
+        .filter(destination::Column::DeletedAt.is_null())
+        .filter(destination::Column::Enabled.eq(true))
+        .exec(db)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,380 @@
+//! Output types of the delivery side: events, deliveries, attempts, statistics.
+
+use async_graphql::{ComplexObject, Context, Enum, ID, Json, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+use entity::{delivery, delivery_attempt, event};
+
+use super::connection::{self, Conn, CountQuery};
+use super::loaders::{Loaders, StatsKey};
+use super::types::{Destination, Level};
+use super::{principal, state};
+use crate::error::AppError;
+use crate::service::deliveries::{self, DeliveryFilter};
+use crate::service::stats::Totals;
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Pending,
+    Delivering,
+    Succeeded,
+    AwaitingRetry,
+    Failed,
+    Discarded,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "PENDING",
+            DeliveryStatus::Delivering => "DELIVERING",
+            DeliveryStatus::Succeeded => "SUCCEEDED",
+            DeliveryStatus::AwaitingRetry => "AWAITING_RETRY",
+            DeliveryStatus::Failed => "FAILED",
+            DeliveryStatus::Discarded => "DISCARDED",
+        }
+    }
+
+    pub fn from_stored(s: &str) -> Self {
+        match s {
+            "DELIVERING" => DeliveryStatus::Delivering,
+            "SUCCEEDED" => DeliveryStatus::Succeeded,
+            "AWAITING_RETRY" => DeliveryStatus::AwaitingRetry,
+            "FAILED" => DeliveryStatus::Failed,
+            "DISCARDED" => DeliveryStatus::Discarded,
+            _ => DeliveryStatus::Pending,
+        }
+    }
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Success,
+    Failure,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum AttemptErrorKind {
+    Timeout,
+    Connect,
+    Tls,
+    Dns,
+    HttpStatus,
+    BlockedTarget,
+    InvalidResponse,
+}
+
+impl AttemptErrorKind {
+    fn from_stored(s: &str) -> Option<Self> {
+        Some(match s {
+            "TIMEOUT" => Self::Timeout,
+            "CONNECT" => Self::Connect,
+            "TLS" => Self::Tls,
+            "DNS" => Self::Dns,
+            "HTTP_STATUS" => Self::HttpStatus,
+            "BLOCKED_TARGET" => Self::BlockedTarget,
+            "INVALID_RESPONSE" => Self::InvalidResponse,
+            _ => return None,
+        })
+    }
+}
+
+fn loaders<'a>(ctx: &Context<'a>) -> Result<&'a Loaders> {
+    Ok(ctx.data::<Loaders>()?)
+}
+
+fn load_err(e: std::sync::Arc<sea_orm::DbErr>) -> AppError {
+    AppError::internal("loader", e)
+}
+
+pub struct Event(pub event::Model);
+
+#[Object]
+impl Event {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    #[graphql(name = "type")]
+    async fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+    async fn level(&self) -> Level {
+        Level::from_stored(&self.0.level)
+    }
+    async fn payload(&self) -> Json<serde_json::Value> {
+        Json(serde_json::from_str(&self.0.payload).unwrap_or(serde_json::Value::Null))
+    }
+    async fn idempotency_key(&self) -> Option<&str> {
+        self.0.idempotency_key.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// This event's deliveries, one per destination it reached.
+    async fn deliveries(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Conn<Delivery>> {
+        let filter = DeliveryFilter {
+            event_id: Some(self.0.id),
+            ..Default::default()
+        };
+        delivery_connection(ctx, filter, first, after, None, None).await
+    }
+}
+
+pub async fn delivery_connection(
+    ctx: &Context<'_>,
+    filter: DeliveryFilter,
+    first: Option<i32>,
+    after: Option<String>,
+    last: Option<i32>,
+    before: Option<String>,
+) -> Result<Conn<Delivery>> {
+    let p = principal(ctx)?;
+    p.require(crate::auth::Scope::Read)?;
+    let st = state(ctx)?;
+    let req = connection::page_request(first, after, last, before)?;
+    let page = deliveries::list(
+        &st.db.read,
+        p,
+        &filter,
+        &req,
+        st.config.limits.max_page_size,
+    )
+    .await?;
+    Ok(connection::build(
+        page,
+        CountQuery::Deliveries(deliveries::filtered(p, &filter)),
+        |m| m.id,
+        Delivery,
+    ))
+}
+
+pub struct Delivery(pub delivery::Model);
+
+#[Object]
+impl Delivery {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn status(&self) -> DeliveryStatus {
+        DeliveryStatus::from_stored(&self.0.status)
+    }
+    async fn event_id(&self) -> ID {
+        ID(self.0.event_id.to_string())
+    }
+    async fn destination_id(&self) -> ID {
+        ID(self.0.destination_id.to_string())
+    }
+    async fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+    async fn attempt_count(&self) -> i32 {
+        self.0.attempt_count
+    }
+    async fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        self.0.next_attempt_at
+    }
+    async fn last_status_code(&self) -> Option<i32> {
+        self.0.last_status_code
+    }
+    async fn last_error(&self) -> Option<&str> {
+        self.0.last_error.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn completed_at(&self) -> Option<DateTime<Utc>> {
+        self.0.completed_at
+    }
+    async fn event(&self, ctx: &Context<'_>) -> Result<Option<Event>> {
+        principal(ctx)?;
+        let e = loaders(ctx)?
+            .events
+            .load_one(self.0.event_id)
+            .await
+            .map_err(load_err)?;
+        Ok(e.map(Event))
+    }
+    /// The destination, even if it was deleted since (see its `deletedAt`).
+    async fn destination(&self, ctx: &Context<'_>) -> Result<Option<Destination>> {
+        principal(ctx)?;
+        let d = loaders(ctx)?
+            .destinations
+            .load_one(self.0.destination_id)
+            .await
+            .map_err(load_err)?;
+        Ok(d.map(Destination))
+    }
+    /// Oldest first.
+    async fn attempts(&self, ctx: &Context<'_>) -> Result<Vec<DeliveryAttempt>> {
+        principal(ctx)?;
+        let a = loaders(ctx)?
+            .attempts
+            .load_one(self.0.id)
+            .await
+            .map_err(load_err)?;
+        Ok(a.unwrap_or_default()
+            .into_iter()
+            .map(DeliveryAttempt)
+            .collect())
+    }
+}
+
+#[derive(Clone)]
+pub struct DeliveryAttempt(pub delivery_attempt::Model);
+
+#[Object]
+impl DeliveryAttempt {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn delivery_id(&self) -> ID {
+        ID(self.0.delivery_id.to_string())
+    }
+    async fn destination_id(&self) -> ID {
+        ID(self.0.destination_id.to_string())
+    }
+    async fn event_id(&self) -> ID {
+        ID(self.0.event_id.to_string())
+    }
+    async fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+    async fn attempt_number(&self) -> i32 {
+        self.0.attempt_number
+    }
+    /// Shared by the deliveries that travelled in one batched request.
+    async fn request_id(&self) -> ID {
+        ID(self.0.request_id.to_string())
+    }
+    async fn started_at(&self) -> DateTime<Utc> {
+        self.0.started_at
+    }
+    async fn duration_ms(&self) -> i32 {
+        self.0.duration_ms
+    }
+    async fn response_status(&self) -> Option<i32> {
+        self.0.response_status
+    }
+    /// The first 4 KiB of the response body.
+    async fn response_body(&self) -> Option<&str> {
+        self.0.response_body.as_deref()
+    }
+    async fn error_kind(&self) -> Option<AttemptErrorKind> {
+        self.0
+            .error_kind
+            .as_deref()
+            .and_then(AttemptErrorKind::from_stored)
+    }
+    async fn error_message(&self) -> Option<&str> {
+        self.0.error_message.as_deref()
+    }
+    async fn outcome(&self) -> AttemptOutcome {
+        if self.0.outcome == "SUCCESS" {
+            AttemptOutcome::Success
+        } else {
+            AttemptOutcome::Failure
+        }
+    }
+    /// When the delivery will be tried again, if it will.
+    async fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        self.0.next_attempt_at
+    }
+    async fn delivery(&self, ctx: &Context<'_>) -> Result<Option<Delivery>> {
+        principal(ctx)?;
+        let d = loaders(ctx)?
+            .deliveries
+            .load_one(self.0.delivery_id)
+            .await
+            .map_err(load_err)?;
+        Ok(d.map(Delivery))
+    }
+}
+
+/// A destination's delivery statistics over a window (minute resolution).
+#[derive(SimpleObject, Clone, Debug)]
+#[graphql(complex)]
+pub struct DestinationStats {
+    pub total_attempts: i64,
+    pub successful_attempts: i64,
+    pub failed_attempts: i64,
+    /// Between 0 and 1; null without attempts.
+    pub success_rate: Option<f64>,
+    pub average_response_time_ms: Option<f64>,
+    pub p95_response_time_ms: Option<f64>,
+    /// Deliveries not finished yet (pending, delivering, awaiting retry), whatever the window.
+    pub pending_deliveries: u64,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+    #[graphql(skip)]
+    pub p50: Option<f64>,
+}
+
+#[ComplexObject]
+impl DestinationStats {
+    async fn p50_response_time_ms(&self) -> Option<f64> {
+        self.p50
+    }
+}
+
+impl DestinationStats {
+    pub fn from_service(s: crate::service::stats::DestinationStats) -> Self {
+        let t = &s.totals;
+        DestinationStats {
+            total_attempts: t.attempts,
+            successful_attempts: t.successes,
+            failed_attempts: t.failures,
+            success_rate: t.success_rate(),
+            average_response_time_ms: t.average_ms(),
+            p95_response_time_ms: t.hist.quantile(0.95),
+            p50: t.hist.quantile(0.5),
+            pending_deliveries: s.pending,
+            last_success_at: s.last_success_at,
+            last_failure_at: s.last_failure_at,
+        }
+    }
+}
+
+pub async fn stats_for(ctx: &Context<'_>, key: StatsKey) -> Result<DestinationStats> {
+    let s = loaders(ctx)?
+        .stats
+        .load_one(key)
+        .await
+        .map_err(load_err)?
+        .ok_or(AppError::NotFound("destination"))?;
+    Ok(DestinationStats::from_service(s))
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum MetricsBucket {
+    Minute,
+    Hour,
+    Day,
+}
+
+/// One time bucket of a chart.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct MetricsPoint {
+    pub start: DateTime<Utc>,
+    pub attempts: i64,
+    pub successes: i64,
+    pub failures: i64,
+    pub p50_latency_ms: Option<f64>,
+    pub p95_latency_ms: Option<f64>,
+}
+
+impl MetricsPoint {
+    pub fn new(start: DateTime<Utc>, t: &Totals) -> Self {
+        MetricsPoint {
+            start,
+            attempts: t.attempts,
+            successes: t.successes,
+            failures: t.failures,
+            p50_latency_ms: t.hist.quantile(0.5),
+            p95_latency_ms: t.hist.quantile(0.95),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Write side of the API. Each mutation returns the object it changed.
+
+use async_graphql::{Context, ID, Object, Result};
+
+use chrono::{DateTime, Utc};
+
+use super::delivery_types::{Delivery, DeliveryAttempt, DeliveryStatus, Event};
+use super::inputs::{
+    CreateDestinationInput, CreateEventSubscriptionInput, PublishEventInput,
+    UpdateDestinationInput, UpdateEventSubscriptionInput,
+};
+use super::types::{Destination, EventSubscription};
+use super::{parse_id, principal, require, state};
+use crate::auth::Scope;
+use crate::error::AppError;
+use crate::service::events::{self, NewEvent};
+use crate::service::{deliveries, destinations, subscriptions};
+
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    async fn create_destination(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateDestinationInput,
+    ) -> Result<Destination> {
+        let p = require(ctx, Scope::Write)?;
+        let st = state(ctx)?;
+        let (patch, first) = input.into_parts();
+        Ok(Destination(
+            destinations::create(&st.db.write, p, patch, first).await?,
+        ))
+    }
+
+    async fn update_destination(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateDestinationInput,
+    ) -> Result<Destination> {
+        let p = require(ctx, Scope::Write)?;
+        let id = parse_id("id", &id)?;
+        let st = state(ctx)?;
+        let (patch, expected) = input.into_patch();
+        Ok(Destination(
+            destinations::update(&st.db.write, p, id, patch, expected).await?,
+        ))
+    }
+
+    /// Soft delete: hidden from reads, name freed, pending deliveries discarded. Returns the id.
+    async fn delete_destination(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
+        let p = require(ctx, Scope::Write)?;
+        let uuid = parse_id("id", &id)?;
+        let st = state(ctx)?;
+        destinations::delete(&st.db.write, p, uuid).await?;
+        Ok(id)
+    }
+
+    async fn enable_destination(&self, ctx: &Context<'_>, id: ID) -> Result<Destination> {
+        let p = require(ctx, Scope::Write)?;
+        let id = parse_id("id", &id)?;
+        let st = state(ctx)?;
+        Ok(Destination(
+            destinations::set_enabled(&st.db.write, p, id, true).await?,
+        ))
+    }
+
+    async fn disable_destination(&self, ctx: &Context<'_>, id: ID) -> Result<Destination> {
+        let p = require(ctx, Scope::Write)?;
+        let id = parse_id("id", &id)?;
+        let st = state(ctx)?;
+        Ok(Destination(
+            destinations::set_enabled(&st.db.write, p, id, false).await?,
+        ))
+    }
+
+    /// A new signing secret (generated unless given). The previous one keeps signing, as a
+    /// second signature, for `graceSeconds` (default 86 400, at most 7 days).
+    async fn rotate_destination_secret(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        grace_seconds: Option<i32>,
+        secret: Option<String>,
+    ) -> Result<Destination> {
+        let p = require(ctx, Scope::Write)?;
+        let id = parse_id("id", &id)?;
+        let st = state(ctx)?;
+        Ok(Destination(
+            destinations::rotate_secret(&st.db.write, p, id, grace_seconds.map(i64::from), secret)
+                .await?,
+        ))
+    }
+
+    async fn create_event_subscription(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateEventSubscriptionInput,
+    ) -> Result<EventSubscription> {
+        let p = require(ctx, Scope::Write)?;
+        let dest = parse_id("destinationId", &input.destination_id)?;
+        let st = state(ctx)?;
+        Ok(EventSubscription(
+            subscriptions::create(&st.db.write, p, dest, input.patch()).await?,
+        ))
+    }
+
+    async fn update_event_subscription(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateEventSubscriptionInput,
+    ) -> Result<EventSubscription> {
+        let p = require(ctx, Scope::Write)?;
+        let id = parse_id("id", &id)?;
+        let st = state(ctx)?;
+        Ok(EventSubscription(
+            subscriptions::update(&st.db.write, p, id, input.into()).await?,
+        ))
+    }
+
+    /// Returns the id.
+    async fn delete_event_subscription(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
+        let p = require(ctx, Scope::Write)?;
+        let uuid = parse_id("id", &id)?;
+        let st = state(ctx)?;
+        subscriptions::delete(&st.db.write, p, uuid).await?;
+        Ok(id)
+    }
+
+    /// Needs the `publish` scope. Answers only after the event and its deliveries are
+    /// committed: an accepted event is never lost.
+    async fn publish_event(&self, ctx: &Context<'_>, input: PublishEventInput) -> Result<Event> {
+        let p = principal(ctx)?;
+        p.require(Scope::Publish)?;
+        let st = state(ctx)?;
+        let payload = serde_json::to_string(&input.payload.0)
+            .map_err(|e| AppError::bad_input("payload", e.to_string()))?;
+        let ev = NewEvent {
+            event_type: input.event_type,
+            level: input.level.into(),
+            payload,
+            idempotency_key: input.idempotency_key,
+        };
+        events::validate(&ev, st.config.limits.max_payload_bytes)?;
+        let published = st.publisher.publish(p, ev).await?;
+        metrics::counter!("hookline_events_published_total").increment(1);
+        Ok(Event(published.event))
+    }
+
+    /// Queues the delivery for an attempt now. An exhausted delivery gets one more try.
+    async fn retry_delivery(&self, ctx: &Context<'_>, id: ID) -> Result<Delivery> {
+        let p = require(ctx, Scope::Write)?;
+        let id = parse_id("id", &id)?;
+        let st = state(ctx)?;
+        let d = deliveries::retry(&st.db.write, p, id).await?;
+        st.wake.notify_one();
+        Ok(Delivery(d))
+    }
+
+    /// Re-queues the destination's finished deliveries created in `[since, until)` with one
+    /// of `statuses` (default FAILED and DISCARDED). Returns how many.
+    async fn replay_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        destination_id: ID,
+        since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+        statuses: Option<Vec<DeliveryStatus>>,
+    ) -> Result<u64> {
+        let p = require(ctx, Scope::Write)?;
+        let id = parse_id("destinationId", &destination_id)?;
+        let st = state(ctx)?;
+        let statuses = statuses.map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect());
+        let n = deliveries::replay(&st.db.write, p, id, since, until, statuses).await?;
+        if n > 0 {
+            st.wake.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Sends a `hookline.test` event to this destination now and returns the attempt.
+    async fn send_test_event(
+        &self,
+        ctx: &Context<'_>,
+        destination_id: ID,
+    ) -> Result<DeliveryAttempt> {
+        let p = require(ctx, Scope::Write)?;
+        let id = parse_id("destinationId", &destination_id)?;
+        let st = state(ctx)?;
+        Ok(DeliveryAttempt(
+            crate::dispatch::send_test_event(st, p, id).await?,
+        ))
+    }
+}

@@ -1,0 +1,24 @@
+//! Hookline: a self-hosted webhook delivery service with a GraphQL management plane.
+//!
+//! A map of the rooms:
+//! - [`config`]: every setting (defaults, TOML file, `HOOKLINE_*` env, flags).
+//! - [`auth`]: JWT verification into a [`auth::Principal`]; token minting.
+//! - [`db`]: connections (SQLite single writer + readers, or a PostgreSQL pool) and migrations.
+//! - [`service`]: the use cases, tenant-scoped, over SeaORM; no GraphQL or HTTP here.
+//! - [`graphql`]: schema, resolvers, inputs, DataLoaders, error mapping.
+//! - [`dispatch`]: the delivery engine: queue claims, HTTP sending, signing, retries,
+//!   circuit breaker, target guard.
+//! - [`live`]: the bus of attempts and status changes behind GraphQL subscriptions.
+//! - [`server`]: the axum router, start-up and graceful shutdown.
+//! - [`error`]: the one error type and its client-facing codes.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod dispatch;
+pub mod error;
+pub mod graphql;
+pub mod live;
+pub mod server;
+pub mod service;
+pub mod state;

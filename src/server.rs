@@ -1,0 +1,202 @@
+//! The HTTP face: axum router, GraphQL over HTTP and WebSocket, GraphiQL, health and metrics,
+//! and the start/stop sequence shared by the binary and the tests.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_graphql::Data;
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{JwtKeys, KeySource};
+use crate::config::Config;
+use crate::dispatch::sender::HttpSender;
+use crate::dispatch::writer::Writer;
+use crate::graphql::{AppSchema, Caller, build_schema};
+use crate::live::LiveBus;
+use crate::service::events::Publisher;
+use crate::state::AppState;
+use crate::{db, dispatch};
+
+#[derive(Clone)]
+struct Http {
+    app: AppState,
+    schema: AppSchema,
+}
+
+/// Installs the process-wide TLS crypto provider (reqwest is built without one). Idempotent.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Everything `run` prepared, for the caller to announce (the binary prints it).
+pub struct Started {
+    pub key_source: KeySource,
+    pub keys: Arc<JwtKeys>,
+}
+
+/// Connects, migrates, loads keys. Separate from [`serve`] so the binary can print a token
+/// before serving.
+pub async fn prepare(config: Config) -> anyhow::Result<(AppState, Started)> {
+    install_crypto();
+    let db = db::connect(&config).await?;
+    db::migrate(&db).await?;
+    let (keys, key_source) = JwtKeys::from_config(
+        config.jwt_secret.as_deref(),
+        config.jwt_public_key.as_deref(),
+        &config.data_dir,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let keys = Arc::new(keys);
+    let live = LiveBus::new(4096);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let instance_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+    let sender = HttpSender::new(config.allow_private_targets)?;
+    let state = AppState {
+        publisher: Publisher::start(db.write.clone(), wake.clone()),
+        writer: Writer::start(db.write.clone(), live.clone(), instance_id.clone()),
+        sender,
+        db,
+        config: Arc::new(config),
+        keys: keys.clone(),
+        live,
+        wake,
+        shutdown: CancellationToken::new(),
+        instance_id,
+    };
+    Ok((state, Started { key_source, keys }))
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains: stops accepting, finishes
+/// in-flight requests and deliveries, releases leases.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let schema = build_schema(state.clone());
+    crate::live::pg::spawn_bridge(
+        state.db.read.clone(),
+        state.instance_id.clone(),
+        state.live.clone(),
+        state.wake.clone(),
+        state.shutdown.clone(),
+    );
+    let dispatcher = dispatch::spawn(state.clone());
+    let token = state.shutdown.clone();
+    let app = router(Http {
+        app: state.clone(),
+        schema,
+    });
+    let stop = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.cancel();
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(token.cancelled_owned())
+        .await?;
+    dispatcher.stopped().await;
+    Ok(())
+}
+
+/// [`prepare`] then [`serve`]: what tests call with a listener bound to port 0.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (state, _) = prepare(config).await?;
+    serve(state, listener, shutdown).await
+}
+
+fn router(http: Http) -> Router {
+    let max_body = http.app.config.limits.max_body_bytes;
+    Router::new()
+        .route("/graphql", get(graphiql).post(graphql))
+        .route("/graphql/ws", get(graphql_ws))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(http)
+}
+
+async fn graphiql() -> Html<String> {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .title("Hookline GraphiQL")
+            .finish(),
+    )
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn graphql(State(http): State<Http>, headers: HeaderMap, req: GraphQLRequest) -> Response {
+    let caller = Caller(
+        http.app
+            .keys
+            .verify_header(authorization(&headers))
+            .map_err(|e| e.public_message()),
+    );
+    let resp = http.schema.execute(req.into_inner().data(caller)).await;
+    GraphQLResponse::from(resp).into_response()
+}
+
+/// `graphql-transport-ws` and legacy `graphql-ws`; the JWT comes in `connection_init`.
+async fn graphql_ws(
+    State(http): State<Http>,
+    protocol: GraphQLProtocol,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let keys = http.app.keys.clone();
+    ws.protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            GraphQLWebSocket::new(socket, http.schema.clone(), protocol)
+                .on_connection_init(move |payload| async move {
+                    let value = ["Authorization", "authorization"]
+                        .iter()
+                        .find_map(|k| payload.get(*k).and_then(|v| v.as_str()));
+                    let principal = keys.verify_header(value)?;
+                    let mut data = Data::default();
+                    data.insert(Caller(Ok(principal)));
+                    Ok(data)
+                })
+                .serve()
+        })
+        .into_response()
+}
+
+async fn readyz(State(http): State<Http>) -> Response {
+    let db = &http.app.db;
+    let (ok, detail) = match db.ping().await {
+        Err(e) => (false, format!("database unreachable: {e}")),
+        Ok(()) => match db::is_migrated(db).await {
+            Ok(true) => (true, "ok".to_string()),
+            Ok(false) => (false, "database not migrated".to_string()),
+            Err(e) => (false, format!("cannot read migrations: {e}")),
+        },
+    };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({ "ready": ok, "database": detail })),
+    )
+        .into_response()
+}

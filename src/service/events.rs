@@ -1,0 +1,379 @@
+//! Publishing: validation, fan-out to matching destinations, and group commit — concurrent
+//! publishes are gathered into one transaction and each caller is answered after that
+//! commit, so an accepted event is always durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use entity::{delivery, event};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Select,
+    TransactionTrait,
+};
+use tokio::sync::{Notify, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::matching::Level;
+use super::page::{Direction, Page, PageRequest, paginate};
+use super::subscriptions::{Rule, active_rules};
+use super::{new_id, now, validate};
+use crate::auth::Principal;
+use crate::error::{AppError, AppResult};
+
+/// Rows per multi-row INSERT: well under SQLite's and PostgreSQL's bind-parameter limits.
+const INSERT_CHUNK: usize = 500;
+/// Publishes gathered into one transaction at most.
+const MAX_GROUP: usize = 256;
+
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub level: Level,
+    /// The payload as JSON text (what RAW deliveries send byte for byte).
+    pub payload: String,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Published {
+    pub event: event::Model,
+    /// False when an earlier event with the same idempotency key was returned instead.
+    pub created: bool,
+    pub deliveries: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub event_type: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Checks an event before it is queued for the writer, so a bad one never joins a group.
+pub fn validate(ev: &NewEvent, max_payload_bytes: usize) -> AppResult<()> {
+    validate::event_type(&ev.event_type)?;
+    if ev.payload.len() > max_payload_bytes {
+        return Err(AppError::bad_input(
+            "payload",
+            format!(
+                "is {} bytes; the limit is {max_payload_bytes}",
+                ev.payload.len()
+            ),
+        ));
+    }
+    if let Some(k) = &ev.idempotency_key {
+        validate::idempotency_key(k)?;
+    }
+    Ok(())
+}
+
+struct Job {
+    tenant: String,
+    event: NewEvent,
+    reply: oneshot::Sender<AppResult<Published>>,
+}
+
+/// Handle to the group-commit writer task.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Publisher {
+    /// Starts the writer. `wake` is notified after each commit that created deliveries.
+    pub fn start(db: DatabaseConnection, wake: Arc<Notify>) -> Self {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(writer(db, rx, wake));
+        Self { tx }
+    }
+
+    pub async fn publish(&self, p: &Principal, event: NewEvent) -> AppResult<Published> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job {
+                tenant: p.tenant.clone(),
+                event,
+                reply,
+            })
+            .await
+            .map_err(|_| AppError::Unavailable("the server is shutting down".into()))?;
+        rx.await
+            .map_err(|_| AppError::Unavailable("the server is shutting down".into()))?
+    }
+}
+
+async fn writer(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>, wake: Arc<Notify>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let jobs = std::mem::take(&mut group);
+        let created = commit_group(&db, jobs).await;
+        if created > 0 {
+            wake.notify_one();
+        }
+    }
+}
+
+/// What one job will write, decided before the transaction.
+struct Plan {
+    event: event::Model,
+    deliveries: Vec<delivery::Model>,
+}
+
+/// Commits a group; answers every job. Returns how many deliveries were created. If the
+/// group's transaction fails (a racing idempotency key, say), each job is retried alone so
+/// one bad job never fails the others.
+async fn commit_group(db: &DatabaseConnection, jobs: Vec<Job>) -> usize {
+    match plan_and_write(db, &jobs).await {
+        Ok(results) => {
+            let n = results.iter().map(|r| r.deliveries).sum();
+            for (job, res) in jobs.into_iter().zip(results) {
+                let _ = job.reply.send(Ok(res));
+            }
+            n
+        }
+        Err(_) if jobs.len() > 1 => {
+            let mut n = 0;
+            for job in jobs {
+                let res = plan_and_write(db, std::slice::from_ref(&job)).await;
+                let res = match res {
+                    Ok(mut v) => {
+                        let r = v.remove(0);
+                        n += r.deliveries;
+                        Ok(r)
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = job.reply.send(res);
+            }
+            n
+        }
+        Err(e) => {
+            let mut n = 0;
+            for job in jobs {
+                // A lone job that lost an idempotency race returns the winner's event.
+                let res = match (&e, &job.event.idempotency_key) {
+                    (AppError::Conflict(_), Some(key)) => {
+                        existing_by_keys(db, &job.tenant, std::slice::from_ref(key))
+                            .await
+                            .and_then(|mut m| {
+                                m.remove(key).ok_or_else(|| {
+                                    AppError::Internal("idempotency race lost the winner".into())
+                                })
+                            })
+                            .map(|event| Published {
+                                event,
+                                created: false,
+                                deliveries: 0,
+                            })
+                    }
+                    _ => Err(clone_err(&e)),
+                };
+                if let Ok(r) = &res {
+                    n += r.deliveries;
+                }
+                let _ = job.reply.send(res);
+            }
+            n
+        }
+    }
+}
+
+fn clone_err(e: &AppError) -> AppError {
+    match e {
+        AppError::Conflict(m) => AppError::Conflict(m.clone()),
+        AppError::Unavailable(m) => AppError::Unavailable(m.clone()),
+        other => AppError::Internal(other.detail()),
+    }
+}
+
+async fn existing_by_keys(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    keys: &[String],
+) -> AppResult<HashMap<String, event::Model>> {
+    let rows = event::Entity::find()
+        .filter(event::Column::TenantId.eq(tenant))
+        .filter(event::Column::IdempotencyKey.is_in(keys.iter().cloned()))
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|e| e.idempotency_key.clone().map(|k| (k, e)))
+        .collect())
+}
+
+async fn plan_and_write(db: &DatabaseConnection, jobs: &[Job]) -> AppResult<Vec<Published>> {
+    let txn = db.begin().await?;
+    // Rules and existing idempotency keys, one query each per tenant in the group.
+    let mut rules: HashMap<&str, Vec<Rule>> = HashMap::new();
+    let mut existing: HashMap<(&str, String), event::Model> = HashMap::new();
+    for job in jobs {
+        if !rules.contains_key(job.tenant.as_str()) {
+            rules.insert(&job.tenant, active_rules(&txn, &job.tenant).await?);
+            let keys: Vec<String> = jobs
+                .iter()
+                .filter(|j| j.tenant == job.tenant)
+                .filter_map(|j| j.event.idempotency_key.clone())
+                .collect();
+            if !keys.is_empty() {
+                for (k, e) in existing_by_keys(&txn, &job.tenant, &keys).await? {
+                    existing.insert((&job.tenant, k), e);
+                }
+            }
+        }
+    }
+    let t = now();
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut plans: Vec<Plan> = Vec::new();
+    for job in jobs {
+        if let Some(key) = &job.event.idempotency_key {
+            if let Some(e) = existing.get(&(job.tenant.as_str(), key.clone())) {
+                results.push(Published {
+                    event: e.clone(),
+                    created: false,
+                    deliveries: 0,
+                });
+                continue;
+            }
+        }
+        let plan = plan(&job.tenant, &job.event, &rules[job.tenant.as_str()], t);
+        if let Some(key) = &job.event.idempotency_key {
+            // A second publish with the same key in this very group gets the first's event.
+            existing.insert((job.tenant.as_str(), key.clone()), plan.event.clone());
+        }
+        results.push(Published {
+            event: plan.event.clone(),
+            created: true,
+            deliveries: plan.deliveries.len(),
+        });
+        plans.push(plan);
+    }
+    let any = plans.iter().any(|p| !p.deliveries.is_empty());
+    insert_plans(&txn, plans).await?;
+    if any {
+        crate::live::pg::wake_others(&txn).await?;
+    }
+    txn.commit().await?;
+    Ok(results)
+}
+
+fn plan(tenant: &str, ev: &NewEvent, rules: &[Rule], t: DateTime<Utc>) -> Plan {
+    let event = event::Model {
+        id: new_id(),
+        tenant_id: tenant.to_string(),
+        event_type: ev.event_type.clone(),
+        level: ev.level.as_str().to_string(),
+        payload: ev.payload.clone(),
+        idempotency_key: ev.idempotency_key.clone(),
+        created_at: t,
+    };
+    // The payload is parsed only if some rule filters on it, and then only once.
+    let mut parsed: Option<Option<serde_json::Value>> = None;
+    let mut seen: Vec<Uuid> = Vec::new();
+    let mut deliveries = Vec::new();
+    for rule in rules {
+        if seen.contains(&rule.destination_id) {
+            continue;
+        }
+        let accepts = rule.accepts(&ev.event_type, ev.level, || {
+            parsed
+                .get_or_insert_with(|| serde_json::from_str(&ev.payload).ok())
+                .clone()
+        });
+        if accepts {
+            seen.push(rule.destination_id);
+            deliveries.push(new_delivery(&event, rule.destination_id, t));
+        }
+    }
+    Plan { event, deliveries }
+}
+
+pub fn new_delivery(ev: &event::Model, destination_id: Uuid, t: DateTime<Utc>) -> delivery::Model {
+    delivery::Model {
+        id: new_id(),
+        tenant_id: ev.tenant_id.clone(),
+        event_id: ev.id,
+        destination_id,
+        event_type: ev.event_type.clone(),
+        status: "PENDING".into(),
+        attempt_count: 0,
+        next_attempt_at: Some(t),
+        lease_until: None,
+        lease_owner: None,
+        last_status_code: None,
+        last_error: None,
+        created_at: t,
+        completed_at: None,
+    }
+}
+
+async fn insert_plans(db: &impl ConnectionTrait, plans: Vec<Plan>) -> AppResult<()> {
+    let mut events = Vec::with_capacity(plans.len());
+    let mut deliveries = Vec::new();
+    for p in plans {
+        events.push(event::ActiveModel::from(p.event));
+        deliveries.extend(p.deliveries.into_iter().map(delivery::ActiveModel::from));
+    }
+    insert_chunked(db, events).await?;
+    insert_chunked(db, deliveries).await
+}
+
+/// Multi-row INSERTs in chunks: one round trip per few hundred rows, never one per row.
+pub async fn insert_chunked<A>(db: &impl ConnectionTrait, rows: Vec<A>) -> AppResult<()>
+where
+    A: sea_orm::ActiveModelTrait + Send,
+{
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<A> = rows.by_ref().take(INSERT_CHUNK).collect();
+        <A::Entity as EntityTrait>::insert_many(chunk)
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn get(
+    db: &impl ConnectionTrait,
+    p: &Principal,
+    id: Uuid,
+) -> AppResult<Option<event::Model>> {
+    Ok(event::Entity::find_by_id(id)
+        .filter(event::Column::TenantId.eq(&p.tenant))
+        .one(db)
+        .await?)
+}
+
+pub fn filtered(p: &Principal, f: &EventFilter) -> Select<event::Entity> {
+    let mut q = event::Entity::find().filter(event::Column::TenantId.eq(&p.tenant));
+    if let Some(t) = &f.event_type {
+        q = q.filter(event::Column::EventType.eq(t.as_str()));
+    }
+    if let Some(t) = f.since {
+        q = q.filter(event::Column::CreatedAt.gte(t));
+    }
+    if let Some(t) = f.until {
+        q = q.filter(event::Column::CreatedAt.lt(t));
+    }
+    q
+}
+
+/// Newest first.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    p: &Principal,
+    f: &EventFilter,
+    page: &PageRequest,
+    max_page: u64,
+) -> AppResult<Page<event::Model>> {
+    paginate(
+        db,
+        filtered(p, f),
+        event::Column::Id,
+        Direction::NewestFirst,
+        page,
+        max_page,
+    )
+    .await
+}

@@ -1,0 +1,24 @@
+//! Use cases over SeaORM, every one scoped to a tenant. Knows nothing of GraphQL or HTTP.
+
+pub mod deliveries;
+pub mod destinations;
+pub mod events;
+pub mod matching;
+pub mod page;
+pub mod stats;
+pub mod subscriptions;
+pub mod validate;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use uuid::Uuid;
+
+/// Now, at the microsecond precision both databases store, so a value written and read back
+/// compares equal.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// Time-ordered ids: ordering by id is ordering by creation, which keyset pagination relies on.
+pub fn new_id() -> Uuid {
+    Uuid::now_v7()
+}

@@ -1,0 +1,4 @@
+//! One integration-test binary: real servers, real receivers, real databases.
+
+mod harness;
+mod schema;
