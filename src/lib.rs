@@ -10,6 +10,7 @@
 //!   circuit breaker, target guard.
 //! - [`live`]: the bus of attempts and status changes behind GraphQL subscriptions.
 //! - [`server`]: the axum router, start-up and graceful shutdown.
+//! - [`metrics`]: the Prometheus recorder and `/metrics`.
 //! - [`error`]: the one error type and its client-facing codes.
 
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod dispatch;
 pub mod error;
 pub mod graphql;
 pub mod live;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -46,6 +46,7 @@ pub struct Started {
 /// before serving.
 pub async fn prepare(config: Config) -> anyhow::Result<(AppState, Started)> {
     install_crypto();
+    crate::metrics::init();
     let db = db::connect(&config).await?;
     db::migrate(&db).await?;
     let (keys, key_source) = JwtKeys::from_config(
@@ -124,6 +125,7 @@ fn router(http: Http) -> Router {
         .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(http)
 }
@@ -151,7 +153,19 @@ async fn graphql(State(http): State<Http>, headers: HeaderMap, req: GraphQLReque
             .verify_header(authorization(&headers))
             .map_err(|e| e.public_message()),
     );
+    let started = std::time::Instant::now();
     let resp = http.schema.execute(req.into_inner().data(caller)).await;
+    metrics::histogram!("hookline_graphql_request_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    for e in &resp.errors {
+        let code = e
+            .extensions
+            .as_ref()
+            .and_then(|x| x.get("code"))
+            .map(|v| v.to_string().trim_matches('"').to_string())
+            .unwrap_or_else(|| "GRAPHQL_VALIDATION".into());
+        metrics::counter!("hookline_graphql_errors_total", "code" => code).increment(1);
+    }
     GraphQLResponse::from(resp).into_response()
 }
 
@@ -176,6 +190,14 @@ async fn graphql_ws(
                 })
                 .serve()
         })
+        .into_response()
+}
+
+async fn metrics_text(State(http): State<Http>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&http.app).await,
+    )
         .into_response()
 }
 
