@@ -1,4 +1,1297 @@
-//! Load benchmark (placeholder until written): `cargo bench --bench load`.
+//! Load benchmark (issue 6): the real `hookline` release binary as a child process on a fresh
+//! database, a fast receiver in this process on 127.0.0.1, publishers over GraphQL.
+//!
+//! ```text
+//! cargo bench --bench load -- [--database sqlite|postgres] [--scenario NAME[,NAME...]]
+//!     [--events N] [--concurrency C] [--runs R] [--rate R] [--duration S]
+//!     [--dead 500|refuse] [--timeout S] [--pg-url URL]
+//! ```
+//!
+//! Scenarios: `single`, `fanout`, `steady`, `backlog`, `fanout-1000` (default: all of them).
+//! Every run starts a new server on a new database (a SQLite file in a temp dir, or a
+//! PostgreSQL database `bench_<uuid>` that is dropped afterwards). All traffic stays on
+//! 127.0.0.1; every loop is bounded in count and in time.
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use hookline::auth::{JwtKeys, Scopes};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+type Res<T> = Result<T, String>;
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DbKind {
+    fn name(self) -> &'static str {
+        match self {
+            DbKind::Sqlite => "sqlite",
+            DbKind::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    Single,
+    Fanout,
+    Steady,
+    Backlog,
+    Fanout1000,
+}
+
+const ALL: [Scenario; 5] = [
+    Scenario::Single,
+    Scenario::Fanout,
+    Scenario::Steady,
+    Scenario::Backlog,
+    Scenario::Fanout1000,
+];
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Single => "single",
+            Scenario::Fanout => "fanout",
+            Scenario::Steady => "steady",
+            Scenario::Backlog => "backlog",
+            Scenario::Fanout1000 => "fanout-1000",
+        }
+    }
+
+    fn parse(s: &str) -> Res<Self> {
+        ALL.into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| format!("unknown scenario {s:?}; expected one of single, fanout, steady, backlog, fanout-1000"))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeadMode {
+    /// The dead destination answers 500 to everything.
+    Status500,
+    /// The dead destination's port refuses connections.
+    Refuse,
+}
+
+#[derive(Clone, Debug)]
+struct Args {
+    databases: Vec<DbKind>,
+    scenarios: Vec<Scenario>,
+    events: Option<usize>,
+    concurrency: usize,
+    runs: usize,
+    rate: Option<f64>,
+    duration: Option<f64>,
+    dead: DeadMode,
+    timeout: Duration,
+    pg_url: String,
+    destinations: Option<usize>,
+}
+
+const USAGE: &str = "usage: cargo bench --bench load -- [--database sqlite|postgres|both] \
+[--scenario single|fanout|steady|backlog|fanout-1000[,..]] [--events N] [--concurrency C] \
+[--runs R] [--rate EVENTS_PER_SEC] [--duration SECS] [--destinations N] [--dead 500|refuse] \
+[--timeout SECS] [--pg-url URL]";
+
+fn parse_args() -> Res<Args> {
+    let mut a = Args {
+        databases: vec![DbKind::Sqlite],
+        scenarios: ALL.to_vec(),
+        events: None,
+        concurrency: 32,
+        runs: 3,
+        rate: None,
+        duration: None,
+        dead: DeadMode::Status500,
+        timeout: Duration::from_secs(300),
+        pg_url: std::env::var("HOOKLINE_BENCH_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+        destinations: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        // `cargo bench` adds `--bench`; libtest-style filters are ignored too.
+        if key == "--bench" {
+            continue;
+        }
+        if key == "-h" || key == "--help" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let mut val = || -> Res<String> {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{key} needs a value\n{USAGE}"))
+        };
+        let num = |v: String| -> Res<f64> {
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| format!("{key}: {v:?} is not a positive number"))
+        };
+        match key.as_str() {
+            "--database" | "--db" => {
+                a.databases = match val()?.as_str() {
+                    "sqlite" => vec![DbKind::Sqlite],
+                    "postgres" | "postgresql" | "pg" => vec![DbKind::Postgres],
+                    "both" | "all" => vec![DbKind::Sqlite, DbKind::Postgres],
+                    v => {
+                        return Err(format!(
+                            "--database {v:?}: expected sqlite, postgres or both"
+                        ));
+                    }
+                }
+            }
+            "--scenario" => {
+                let v = val()?;
+                a.scenarios = if v == "all" {
+                    ALL.to_vec()
+                } else {
+                    v.split(',').map(Scenario::parse).collect::<Res<_>>()?
+                };
+            }
+            "--events" => a.events = Some(num(val()?)? as usize),
+            "--concurrency" => a.concurrency = (num(val()?)? as usize).clamp(1, 1024),
+            "--runs" => a.runs = (num(val()?)? as usize).clamp(1, 20),
+            "--rate" => a.rate = Some(num(val()?)?.min(100_000.0)),
+            "--duration" => a.duration = Some(num(val()?)?.min(3600.0)),
+            "--destinations" => a.destinations = Some((num(val()?)? as usize).clamp(1, 5000)),
+            "--timeout" => a.timeout = Duration::from_secs_f64(num(val()?)?.min(7200.0)),
+            "--pg-url" => a.pg_url = val()?,
+            "--dead" => {
+                a.dead = match val()?.as_str() {
+                    "500" => DeadMode::Status500,
+                    "refuse" => DeadMode::Refuse,
+                    v => return Err(format!("--dead {v:?}: expected 500 or refuse")),
+                }
+            }
+            other if other.starts_with('-') => {
+                return Err(format!("unknown flag {other}\n{USAGE}"));
+            }
+            _ => {}
+        }
+    }
+    Ok(a)
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc readings
+
+fn clk_tck() -> f64 {
+    static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// utime + stime of a process, in seconds (None when it is gone).
+fn cpu_secs(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clk_tck())
+}
+
+/// A `/proc/<pid>/status` field in MiB (VmHWM, VmRSS).
+fn status_mib(pid: &str, field: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// CPU of the PostgreSQL processes that work for one benchmark database: its backends
+/// (their process title names the database) and the cluster's shared helpers (WAL writer,
+/// checkpointer, background writer, autovacuum). Sampled every 200 ms, per pid, so the CPU
+/// of backends that exit between samples is kept up to their last sample.
+struct PgCpu {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<f64>,
+}
+
+impl PgCpu {
+    fn start(db_name: String) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            // pid -> (value when first seen, last value)
+            let mut seen: HashMap<String, (f64, f64)> = HashMap::new();
+            let mut first = true;
+            let deadline = Instant::now() + Duration::from_secs(4 * 3600);
+            loop {
+                let done = s.load(Ordering::Relaxed) || Instant::now() > deadline;
+                for (pid, cpu) in pg_processes(&db_name) {
+                    let e = seen
+                        .entry(pid)
+                        .or_insert((if first { cpu } else { 0.0 }, cpu));
+                    e.1 = cpu;
+                }
+                first = false;
+                if done {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            seen.values().map(|(a, b)| (b - a).max(0.0)).sum()
+        });
+        Self { stop, task }
+    }
+
+    async fn finish(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or(f64::NAN)
+    }
+}
+
+fn pg_processes(db_name: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let pid = e.file_name().to_string_lossy().to_string();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        if comm.trim() != "postgres" {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let ours = cmd.contains(db_name);
+        let helper = [
+            "walwriter",
+            "checkpointer",
+            "background writer",
+            "autovacuum",
+        ]
+        .iter()
+        .any(|h| cmd.contains(h));
+        if ours || helper {
+            if let Some(c) = cpu_secs(&pid) {
+                out.push((pid, c));
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The receiver
+
+struct Hit {
+    id: Uuid,
+    dest: u32,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Book {
+    hits: Vec<Hit>,
+    seen: HashSet<(Uuid, u32)>,
+    duplicates: usize,
+    bad: usize,
+}
+
+struct RecvState {
+    status: StatusCode,
+    book: Mutex<Book>,
+    unique: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+struct Receiver {
+    port: u16,
+    state: Arc<RecvState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn hook(
+    State(s): State<Arc<RecvState>>,
+    Path(dest): Path<u32>,
+    headers: HeaderMap,
+    _body: axum::body::Bytes,
+) -> StatusCode {
+    let at = Instant::now();
+    s.requests.fetch_add(1, Ordering::Relaxed);
+    if s.status != StatusCode::NO_CONTENT {
+        return s.status;
+    }
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Uuid::parse_str(v).ok());
+    let mut b = s.book.lock().unwrap();
+    match id {
+        Some(id) => {
+            if b.seen.insert((id, dest)) {
+                b.hits.push(Hit { id, dest, at });
+                s.unique.fetch_add(1, Ordering::Relaxed);
+            } else {
+                b.duplicates += 1;
+            }
+        }
+        None => b.bad += 1,
+    }
+    s.status
+}
+
+impl Receiver {
+    async fn start(status: StatusCode) -> Res<Self> {
+        let state = Arc::new(RecvState {
+            status,
+            book: Mutex::new(Book::default()),
+            unique: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .route("/d/{dest}", axum::routing::post(hook))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("receiver bind: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { port, state, task })
+    }
+
+    fn url(&self, dest: usize) -> String {
+        format!("http://127.0.0.1:{}/d/{dest}", self.port)
+    }
+
+    /// Waits until `n` distinct (event, destination) deliveries have arrived. Gives up after
+    /// `timeout`, or when nothing new arrived for `stall`.
+    async fn wait_for(&self, n: usize, timeout: Duration, stall: Duration) -> Res<()> {
+        let start = Instant::now();
+        let mut last = self.state.unique.load(Ordering::Relaxed);
+        let mut last_change = Instant::now();
+        loop {
+            let got = self.state.unique.load(Ordering::Relaxed);
+            if got >= n {
+                return Ok(());
+            }
+            if got != last {
+                last = got;
+                last_change = Instant::now();
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "gave up after {:.0} s: {got} of {n} deliveries arrived",
+                    timeout.as_secs_f64()
+                ));
+            }
+            if last_change.elapsed() > stall {
+                return Err(format!(
+                    "gave up: no delivery for {:.0} s; {got} of {n} arrived",
+                    stall.as_secs_f64()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server under test
+
+struct Server {
+    child: Child,
+    pid: String,
+    base: String,
+    token: String,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+    pg: Option<(String, String)>, // (admin url, database name)
+}
+
+fn free_port() -> Res<u16> {
+    let l = StdListener::bind("127.0.0.1:0").map_err(|e| format!("free port: {e}"))?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+async fn pg_exec(admin: &str, sql: &str) -> Res<()> {
+    use sea_orm::ConnectionTrait;
+    let mut opts = sea_orm::ConnectOptions::new(admin.to_string());
+    opts.max_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    let conn = sea_orm::Database::connect(opts)
+        .await
+        .map_err(|e| format!("PostgreSQL at {admin}: {e}"))?;
+    conn.execute_unprepared(sql)
+        .await
+        .map_err(|e| format!("{sql}: {e}"))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+impl Server {
+    async fn start(kind: DbKind, args: &Args) -> Res<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("hookline-bench-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let (url, pg) = match kind {
+            DbKind::Sqlite => (
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("hookline.db").display()
+                ),
+                None,
+            ),
+            DbKind::Postgres => {
+                let name = format!("bench_{}", Uuid::new_v4().simple());
+                pg_exec(&args.pg_url, &format!("CREATE DATABASE {name}")).await?;
+                let base = args
+                    .pg_url
+                    .rsplit_once('/')
+                    .map(|(b, _)| b.to_string())
+                    .unwrap_or_else(|| args.pg_url.clone());
+                (format!("{base}/{name}"), Some((args.pg_url.clone(), name)))
+            }
+        };
+        let port = free_port()?;
+        let secret = Uuid::new_v4().simple().to_string();
+        let token = JwtKeys::hs256(secret.as_bytes())
+            .mint(
+                "bench",
+                "bench",
+                Scopes::parse("read write publish"),
+                Duration::from_secs(24 * 3600),
+            )
+            .map_err(|e| format!("mint token: {e}"))?;
+        let log = dir.path().join("server.log");
+        let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(env!("CARGO_BIN_EXE_hookline"))
+            .arg("serve")
+            .env("HOOKLINE_DATABASE_URL", &url)
+            .env("HOOKLINE_DATA_DIR", dir.path())
+            .env("HOOKLINE_JWT_SECRET", &secret)
+            .env("HOOKLINE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HOOKLINE_ALLOW_PRIVATE_TARGETS", "true")
+            .env("HOOKLINE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", env!("CARGO_BIN_EXE_hookline")))?;
+        let mut s = Server {
+            pid: child.id().to_string(),
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            token,
+            _dir: dir,
+            log,
+            pg,
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(st)) = s.child.try_wait() {
+                return Err(format!("server exited at start ({st}):\n{}", s.log_tail()));
+            }
+            let ok = client
+                .get(format!("{}/readyz", s.base))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            if ok {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let tail = s.log_tail();
+                s.stop().await;
+                return Err(format!("server not ready within 60 s:\n{tail}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn cpu(&self) -> f64 {
+        cpu_secs(&self.pid).unwrap_or(f64::NAN)
+    }
+
+    fn hwm(&self) -> f64 {
+        status_mib(&self.pid, "VmHWM:").unwrap_or(f64::NAN)
+    }
+
+    fn rss(&self) -> f64 {
+        status_mib(&self.pid, "VmRSS:").unwrap_or(f64::NAN)
+    }
+
+    /// SIGTERM, up to 15 s for a graceful stop, then SIGKILL; drops the PostgreSQL database.
+    async fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill").args(["-TERM", &self.pid]).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some((admin, name)) = self.pg.take() {
+            if let Err(e) = pg_exec(
+                &admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
+            .await
+            {
+                eprintln!("warning: could not drop {name}: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some((_, name)) = &self.pg {
+            eprintln!("warning: database {name} was not dropped");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GraphQL client
+
+#[derive(Clone)]
+struct Api {
+    client: reqwest::Client,
+    url: String,
+    auth: String,
+}
+
+const PUBLISH: &str = "mutation($input: PublishEventInput!) { publishEvent(input: $input) { id } }";
+const CREATE: &str =
+    "mutation($input: CreateDestinationInput!) { createDestination(input: $input) { id } }";
+
+struct Pub {
+    id: Uuid,
+    sent: Instant,
+    latency: Duration,
+}
+
+impl Api {
+    fn new(s: &Server, concurrency: usize) -> Res<Self> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(concurrency.max(8))
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            client,
+            url: format!("{}/graphql", s.base),
+            auth: format!("Bearer {}", s.token),
+        })
+    }
+
+    async fn gql(&self, query: &str, variables: Value) -> Res<Value> {
+        let body = json!({ "query": query, "variables": variables }).to_string();
+        self.raw(body).await
+    }
+
+    async fn raw(&self, body: String) -> Res<Value> {
+        let resp = self
+            .client
+            .post(&self.url)
+            .header("authorization", &self.auth)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("POST /graphql: {e}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("HTTP {status}: {e}: {}", String::from_utf8_lossy(&bytes)))?;
+        if let Some(errs) = v.get("errors") {
+            return Err(format!("GraphQL errors: {errs}"));
+        }
+        Ok(v["data"].clone())
+    }
+
+    async fn create_destination(&self, name: &str, url: &str, types: &[&str]) -> Res<Uuid> {
+        let d = self
+            .gql(
+                CREATE,
+                json!({"input": {"name": name, "url": url, "eventTypes": types}}),
+            )
+            .await?;
+        d["createDestination"]["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| format!("createDestination answered {d}"))
+    }
+
+    /// Creates `n` destinations named `dest-<i>` posting to `url(i)`, `concurrency` at a time.
+    async fn create_many(
+        &self,
+        n: usize,
+        concurrency: usize,
+        url: impl Fn(usize) -> String,
+        types: &'static [&'static str],
+    ) -> Res<()> {
+        let next = Arc::new(AtomicUsize::new(0));
+        let urls: Arc<Vec<String>> = Arc::new((0..n).map(url).collect());
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..concurrency.min(n) {
+            let (api, next, urls) = (self.clone(), next.clone(), urls.clone());
+            set.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= urls.len() {
+                        return Ok::<(), String>(());
+                    }
+                    api.create_destination(&format!("dest-{i}"), &urls[i], types)
+                        .await?;
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.map_err(|e| e.to_string())??;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, i: usize, event_type: &str) -> Res<Pub> {
+        let body = publish_body(i, event_type);
+        let sent = Instant::now();
+        let d = self.raw(body).await?;
+        let latency = sent.elapsed();
+        let id = d["publishEvent"]["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| format!("publishEvent answered {d}"))?;
+        Ok(Pub { id, sent, latency })
+    }
+}
+
+/// A GraphQL publish request whose event payload is about 300 bytes of JSON.
+fn publish_body(i: usize, event_type: &str) -> String {
+    let payload = json!({
+        "orderId": format!("ord_{i:010}"),
+        "customer": {"id": format!("cus_{:08}", i % 100_000), "email": format!("customer{}@example.com", i % 100_000), "name": "Ada Lovelace"},
+        "items": [
+            {"sku": "SKU-RED-SHIRT-M", "qty": 2, "unitPrice": 1999},
+            {"sku": "SKU-BLUE-JEANS-32", "qty": 1, "unitPrice": 4999}
+        ],
+        "total": 8997,
+        "currency": "EUR",
+        "shipping": {"method": "express", "country": "DE", "postcode": "10115"},
+        "createdAt": "2025-01-01T12:00:00Z"
+    });
+    json!({"query": PUBLISH, "variables": {"input": {"type": event_type, "payload": payload}}})
+        .to_string()
+}
+
+/// Publishes `n` events from `concurrency` closed-loop clients. Gives up on the first error
+/// or after `timeout`.
+async fn publish_closed(
+    api: &Api,
+    n: usize,
+    concurrency: usize,
+    event_type: &'static str,
+    timeout: Duration,
+) -> Res<Vec<Pub>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + timeout;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.min(n).max(1) {
+        let (api, next, failed) = (api.clone(), next.clone(), failed.clone());
+        set.spawn(async move {
+            let mut out = Vec::with_capacity(n / concurrency + 1);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n || failed.load(Ordering::Relaxed) {
+                    return Ok(out);
+                }
+                if Instant::now() > deadline {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(format!("publishing took longer than {timeout:?}"));
+                }
+                match api.publish(i, event_type).await {
+                    Ok(p) => out.push(p),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(format!("publish {i}: {e}"));
+                    }
+                }
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(n);
+    let mut err = None;
+    while let Some(r) = set.join_next().await {
+        match r.map_err(|e| e.to_string()).and_then(|x| x) {
+            Ok(v) => all.extend(v),
+            Err(e) => err = err.or(Some(e)),
+        }
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(all),
+    }
+}
+
+/// Publishes at a fixed rate (open loop: event i is sent at start + i/rate whether or not
+/// earlier ones have been answered) for `secs`. At most 1 024 requests in flight.
+async fn publish_paced(
+    api: &Api,
+    rate: f64,
+    secs: f64,
+    event_type: &'static str,
+) -> Res<(Vec<Pub>, usize)> {
+    let n = (rate * secs).round() as usize;
+    let start = tokio::time::Instant::now();
+    let limit = Arc::new(tokio::sync::Semaphore::new(1024));
+    let mut set = tokio::task::JoinSet::new();
+    let mut late = 0usize;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(at).await;
+        if tokio::time::Instant::now() > at + Duration::from_millis(5) {
+            late += 1;
+        }
+        let permit = limit.clone().try_acquire_owned().map_err(|_| {
+            format!("more than 1024 publishes in flight at {rate}/s: the server is not keeping up")
+        })?;
+        let api = api.clone();
+        set.spawn(async move {
+            let r = api.publish(i, event_type).await;
+            drop(permit);
+            r
+        });
+        while let Some(r) = set.try_join_next() {
+            out.push(r.map_err(|e| e.to_string())??);
+        }
+    }
+    let drain = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(r) = set.join_next().await {
+            out.push(r.map_err(|e| e.to_string())??);
+        }
+        Ok::<(), String>(())
+    });
+    drain
+        .await
+        .map_err(|_| "paced publishes not answered within 120 s".to_string())??;
+    Ok((out, late))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[i.clamp(1, sorted.len()) - 1]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+/// What one run measured, as named rows (kept in order for printing).
+#[derive(Default)]
+struct Run {
+    rows: Vec<(String, f64)>,
+}
+
+impl Run {
+    fn put(&mut self, name: &str, v: f64) {
+        self.rows.push((name.to_string(), v));
+    }
+}
+
+/// Publish and publish→receive figures for one phase.
+fn phase_rows(
+    run: &mut Run,
+    prefix: &str,
+    pubs: &[Pub],
+    recv: &Receiver,
+    dests: Option<&HashSet<u32>>,
+) -> Res<()> {
+    let first_sent = pubs
+        .iter()
+        .map(|p| p.sent)
+        .min()
+        .ok_or("nothing published")?;
+    let last_answer = pubs.iter().map(|p| p.sent + p.latency).max().unwrap();
+    let pub_lat = sorted(pubs.iter().map(|p| p.latency.as_secs_f64() * 1e3).collect());
+    let sent: HashMap<Uuid, Instant> = pubs.iter().map(|p| (p.id, p.sent)).collect();
+    let book = recv.state.book.lock().unwrap();
+    let mut e2e = Vec::with_capacity(book.hits.len());
+    let mut last = first_sent;
+    for h in &book.hits {
+        if dests.is_some_and(|d| !d.contains(&h.dest)) {
+            continue;
+        }
+        if let Some(s) = sent.get(&h.id) {
+            e2e.push(h.at.saturating_duration_since(*s).as_secs_f64() * 1e3);
+            last = last.max(h.at);
+        }
+    }
+    let e2e = sorted(e2e);
+    let pub_wall = (last_answer - first_sent).as_secs_f64();
+    let e2e_wall = (last - first_sent).as_secs_f64();
+    run.put(&format!("{prefix}events published"), pubs.len() as f64);
+    run.put(
+        &format!("{prefix}events published/s"),
+        pubs.len() as f64 / pub_wall,
+    );
+    run.put(
+        &format!("{prefix}publish latency p50 (ms)"),
+        pct(&pub_lat, 50.0),
+    );
+    run.put(
+        &format!("{prefix}publish latency p99 (ms)"),
+        pct(&pub_lat, 99.0),
+    );
+    run.put(&format!("{prefix}deliveries received"), e2e.len() as f64);
+    run.put(
+        &format!("{prefix}events/s end to end"),
+        pubs.len() as f64 / e2e_wall,
+    );
+    run.put(
+        &format!("{prefix}deliveries/s end to end"),
+        e2e.len() as f64 / e2e_wall,
+    );
+    run.put(
+        &format!("{prefix}publish→receive p50 (ms)"),
+        pct(&e2e, 50.0),
+    );
+    run.put(
+        &format!("{prefix}publish→receive p90 (ms)"),
+        pct(&e2e, 90.0),
+    );
+    run.put(
+        &format!("{prefix}publish→receive p99 (ms)"),
+        pct(&e2e, 99.0),
+    );
+    run.put(
+        &format!("{prefix}publish→receive max (ms)"),
+        e2e.last().copied().unwrap_or(f64::NAN),
+    );
+    Ok(())
+}
+
+/// CPU counters taken at a phase's start.
+struct Cpu {
+    server: f64,
+    me: f64,
+    wall: Instant,
+    pg: Option<PgCpu>,
+}
+
+impl Cpu {
+    fn start(s: &Server) -> Self {
+        Cpu {
+            server: s.cpu(),
+            me: cpu_secs("self").unwrap_or(f64::NAN),
+            wall: Instant::now(),
+            pg: s.pg.as_ref().map(|(_, name)| PgCpu::start(name.clone())),
+        }
+    }
+
+    async fn finish(self, s: &Server, run: &mut Run) {
+        let wall = self.wall.elapsed().as_secs_f64();
+        let server = s.cpu() - self.server;
+        let me = cpu_secs("self").unwrap_or(f64::NAN) - self.me;
+        run.put("wall time (s)", wall);
+        run.put("server CPU (s)", server);
+        match self.pg {
+            Some(pg) => run.put("PostgreSQL CPU (s)", pg.finish().await),
+            None => run.put("SQLite CPU (s, inside server)", f64::NAN),
+        }
+        run.put("bench CPU: load gen + receiver (s)", me);
+        run.put("server peak RSS VmHWM (MiB)", s.hwm());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+fn n_or(args: &Args, default: usize) -> usize {
+    args.events.unwrap_or(default).max(1)
+}
+
+async fn run_once(sc: Scenario, kind: DbKind, args: &Args) -> Res<Run> {
+    let mut server = Server::start(kind, args).await?;
+    let r = run_on(sc, &server, args).await;
+    let r = r.map_err(|e| format!("{e}\n--- server log (tail) ---\n{}", server.log_tail()));
+    server.stop().await;
+    r
+}
+
+async fn run_on(sc: Scenario, server: &Server, args: &Args) -> Res<Run> {
+    let c = args.concurrency;
+    let api = Api::new(server, c)?;
+    let recv = Receiver::start(StatusCode::NO_CONTENT).await?;
+    let mut run = Run::default();
+    let stall = Duration::from_secs(30);
+    match sc {
+        Scenario::Single | Scenario::Fanout => {
+            let (n, dests) = match sc {
+                Scenario::Single => (n_or(args, 20_000), args.destinations.unwrap_or(1)),
+                _ => (n_or(args, 2_000), args.destinations.unwrap_or(50)),
+            };
+            api.create_many(dests, c, |i| recv.url(i), &["*"]).await?;
+            let cpu = Cpu::start(server);
+            let pubs = publish_closed(&api, n, c, "order.created", args.timeout).await?;
+            recv.wait_for(n * dests, args.timeout, stall).await?;
+            cpu.finish(server, &mut run).await;
+            phase_rows(&mut run, "", &pubs, &recv, None)?;
+        }
+        Scenario::Steady => {
+            let rate = args.rate.unwrap_or(500.0);
+            let secs = args.duration.unwrap_or(30.0);
+            let dests = args.destinations.unwrap_or(1);
+            api.create_many(dests, c, |i| recv.url(i), &["*"]).await?;
+            let cpu = Cpu::start(server);
+            let (pubs, late) = publish_paced(&api, rate, secs, "order.created").await?;
+            recv.wait_for(pubs.len() * dests, args.timeout, stall)
+                .await?;
+            cpu.finish(server, &mut run).await;
+            phase_rows(&mut run, "", &pubs, &recv, None)?;
+            run.put("publishes sent > 5 ms late (pacer)", late as f64);
+        }
+        Scenario::Backlog => {
+            let rate = args.rate.unwrap_or(500.0);
+            let secs = args.duration.unwrap_or(10.0);
+            let fill = n_or(args, 100_000);
+            // The healthy destination takes `order.*`; the dead one takes everything.
+            api.create_destination("healthy", &recv.url(0), &["order.*"])
+                .await?;
+            let cpu = Cpu::start(server);
+            // 1. Baseline: the healthy destination alone at a steady rate.
+            let (base, _) = publish_paced(&api, rate, secs, "order.created").await?;
+            recv.wait_for(base.len(), args.timeout, stall).await?;
+            let rss_before = server.rss();
+            phase_rows(&mut run, "baseline: ", &base, &recv, None)?;
+            // 2. A dead destination, filled with `fill` deliveries.
+            let dead = match args.dead {
+                DeadMode::Status500 => {
+                    Some(Receiver::start(StatusCode::INTERNAL_SERVER_ERROR).await?)
+                }
+                DeadMode::Refuse => None,
+            };
+            let dead_url = match &dead {
+                Some(d) => d.url(1),
+                None => format!("http://127.0.0.1:{}/d/1", free_port()?),
+            };
+            api.create_destination("dead", &dead_url, &["*"]).await?;
+            let t_fill = Instant::now();
+            let filled = publish_closed(&api, fill, c, "audit.logged", args.timeout).await?;
+            run.put(
+                "backlog: fill events published/s",
+                filled.len() as f64 / t_fill.elapsed().as_secs_f64(),
+            );
+            // 3. The same steady load again, now beside the backlog.
+            let mark = recv.state.unique.load(Ordering::Relaxed);
+            let (during, _) = publish_paced(&api, rate, secs, "order.created").await?;
+            recv.wait_for(mark + during.len(), args.timeout, stall)
+                .await?;
+            phase_rows(&mut run, "with backlog: ", &during, &recv, None)?;
+            run.put("server RSS after baseline (MiB)", rss_before);
+            run.put("server RSS with backlog (MiB)", server.rss());
+            let pending = api
+                .gql(
+                    "query { destinations(first: 10) { edges { node { name status stats { pendingDeliveries } } } } }",
+                    json!({}),
+                )
+                .await?;
+            let mut dead_pending = f64::NAN;
+            if let Some(edges) = pending["destinations"]["edges"].as_array() {
+                for e in edges {
+                    if e["node"]["name"] == "dead" {
+                        dead_pending = e["node"]["stats"]["pendingDeliveries"]
+                            .as_f64()
+                            .unwrap_or(f64::NAN);
+                    }
+                }
+            }
+            run.put("dead destination: pending deliveries", dead_pending);
+            run.put(
+                "dead destination: requests received",
+                dead.as_ref()
+                    .map(|d| d.state.requests.load(Ordering::Relaxed) as f64)
+                    .unwrap_or(f64::NAN),
+            );
+            cpu.finish(server, &mut run).await;
+        }
+        Scenario::Fanout1000 => {
+            let dests = args.destinations.unwrap_or(1000);
+            api.create_many(dests, c, |i| recv.url(i), &["*"]).await?;
+            // Let the server settle after the creations.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let cpu = Cpu::start(server);
+            let p = api.publish(0, "order.created").await?;
+            recv.wait_for(dests, args.timeout.min(Duration::from_secs(120)), stall)
+                .await?;
+            cpu.finish(server, &mut run).await;
+            let book = recv.state.book.lock().unwrap();
+            let first = book.hits.iter().map(|h| h.at).min().unwrap();
+            let last = book.hits.iter().map(|h| h.at).max().unwrap();
+            run.put("publish latency (ms)", p.latency.as_secs_f64() * 1e3);
+            run.put("deliveries received", book.hits.len() as f64);
+            run.put(
+                "publish → first received (ms)",
+                (first - p.sent).as_secs_f64() * 1e3,
+            );
+            run.put(
+                "publish → all received (ms)",
+                (last - p.sent).as_secs_f64() * 1e3,
+            );
+        }
+    }
+    let book = recv.state.book.lock().unwrap();
+    run.put("duplicate deliveries", book.duplicates as f64);
+    if book.bad > 0 {
+        return Err(format!("{} requests without a valid webhook-id", book.bad));
+    }
+    Ok(run)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting
+
+fn fmt(v: f64) -> String {
+    if v.is_nan() {
+        "—".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn describe(sc: Scenario, args: &Args) -> String {
+    let c = args.concurrency;
+    match sc {
+        Scenario::Single => format!(
+            "{} events, {} destination(s), {c} concurrent publishers",
+            n_or(args, 20_000),
+            args.destinations.unwrap_or(1)
+        ),
+        Scenario::Fanout => format!(
+            "{} events × {} destinations, {c} concurrent publishers",
+            n_or(args, 2_000),
+            args.destinations.unwrap_or(50)
+        ),
+        Scenario::Steady => format!(
+            "{} events/s for {} s (open loop)",
+            args.rate.unwrap_or(500.0),
+            args.duration.unwrap_or(30.0)
+        ),
+        Scenario::Backlog => format!(
+            "healthy at {}/s for {} s, then a dead destination ({}) filled with {} events, then the same load again",
+            args.rate.unwrap_or(500.0),
+            args.duration.unwrap_or(10.0),
+            match args.dead {
+                DeadMode::Status500 => "answers 500",
+                DeadMode::Refuse => "refuses connections",
+            },
+            n_or(args, 100_000)
+        ),
+        Scenario::Fanout1000 => format!(
+            "one event to {} destinations",
+            args.destinations.unwrap_or(1000)
+        ),
+    }
+}
+
+fn print_table(sc: Scenario, kind: DbKind, args: &Args, runs: &[Run]) {
+    println!();
+    println!(
+        "### {} · {} · {} · median of {} run(s)",
+        sc.name(),
+        kind.name(),
+        describe(sc, args),
+        runs.len()
+    );
+    println!();
+    let mut head = format!(
+        "| {:<44} | {:>9} | {:>9} | {:>9} |",
+        "metric", "median", "min", "max"
+    );
+    for i in 0..runs.len() {
+        head.push_str(&format!(" {:>9} |", format!("run {}", i + 1)));
+    }
+    println!("{head}");
+    let mut sep = format!("|{:-<46}|{:->11}|{:->11}|{:->11}|", "", ":", ":", ":");
+    for _ in 0..runs.len() {
+        sep.push_str(&format!("{:->11}|", ":"));
+    }
+    println!("{sep}");
+    for (i, (name, _)) in runs[0].rows.iter().enumerate() {
+        let vals: Vec<f64> = runs
+            .iter()
+            .map(|r| r.rows.get(i).map(|x| x.1).unwrap_or(f64::NAN))
+            .collect();
+        let s = sorted(vals.iter().copied().filter(|v| !v.is_nan()).collect());
+        let (med, min, max) = if s.is_empty() {
+            (f64::NAN, f64::NAN, f64::NAN)
+        } else {
+            let mid = s.len() / 2;
+            let med = if s.len() % 2 == 1 {
+                s[mid]
+            } else {
+                (s[mid - 1] + s[mid]) / 2.0
+            };
+            (med, s[0], s[s.len() - 1])
+        };
+        let mut line = format!(
+            "| {:<44} | {:>9} | {:>9} | {:>9} |",
+            name,
+            fmt(med),
+            fmt(min),
+            fmt(max)
+        );
+        for v in &vals {
+            line.push_str(&format!(" {:>9} |", fmt(*v)));
+        }
+        println!("{line}");
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+async fn main_async(args: Args) -> Res<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    println!(
+        "hookline load benchmark · binary {} · {} cores · load average {}",
+        env!("CARGO_BIN_EXE_hookline"),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        loadavg()
+    );
+    let mut failures = Vec::new();
+    for &kind in &args.databases {
+        for &sc in &args.scenarios {
+            let mut runs = Vec::new();
+            for i in 0..args.runs {
+                eprintln!(
+                    "[{} · {}] run {}/{} …",
+                    sc.name(),
+                    kind.name(),
+                    i + 1,
+                    args.runs
+                );
+                let started = Instant::now();
+                match run_once(sc, kind, &args).await {
+                    Ok(r) => {
+                        eprintln!(
+                            "  done in {:.1} s (load average {})",
+                            started.elapsed().as_secs_f64(),
+                            loadavg()
+                        );
+                        runs.push(r)
+                    }
+                    Err(e) => {
+                        eprintln!("  FAILED: {e}");
+                        failures.push(format!(
+                            "{} · {} run {}: {}",
+                            sc.name(),
+                            kind.name(),
+                            i + 1,
+                            e.lines().next().unwrap_or("")
+                        ));
+                    }
+                }
+            }
+            if !runs.is_empty() {
+                print_table(sc, kind, &args, &runs);
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} run(s) failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        ))
+    }
+}
+
 fn main() {
-    eprintln!("the load benchmark is not written yet");
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(main_async(args)) {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
 }

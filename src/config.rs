@@ -58,6 +58,25 @@ pub struct ConfigArgs {
     /// Run the delivery dispatcher in this process (default true).
     #[arg(long, env = "HOOKLINE_DISPATCHER", global = true)]
     pub dispatcher: Option<bool>,
+    /// Seconds a claimed delivery stays leased to this instance (renewed while it works); a
+    /// crashed instance's deliveries come back after this.
+    #[arg(long, env = "HOOKLINE_LEASE_SECS", global = true)]
+    pub lease_secs: Option<u64>,
+    /// Publishes per second per tenant (0 = unlimited).
+    #[arg(long, env = "HOOKLINE_PUBLISH_RATE_PER_TENANT", global = true)]
+    pub publish_rate_per_tenant: Option<f64>,
+    /// Live destinations per tenant.
+    #[arg(long, env = "HOOKLINE_MAX_DESTINATIONS_PER_TENANT", global = true)]
+    pub max_destinations_per_tenant: Option<u64>,
+    /// Concurrent WebSocket connections per process.
+    #[arg(long, env = "HOOKLINE_MAX_WS_CONNECTIONS", global = true)]
+    pub max_ws_connections: Option<usize>,
+    /// Days to keep finished deliveries, attempts and events (0 keeps everything).
+    #[arg(long, env = "HOOKLINE_RETENTION_DAYS", global = true)]
+    pub retention_days: Option<u64>,
+    /// Days to keep event payloads (at most the retention).
+    #[arg(long, env = "HOOKLINE_PAYLOAD_RETENTION_DAYS", global = true)]
+    pub payload_retention_days: Option<u64>,
 }
 
 /// The TOML file: same keys as [`ConfigArgs`].
@@ -77,6 +96,12 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     max_concurrency: Option<usize>,
     dispatcher: Option<bool>,
+    lease_secs: Option<u64>,
+    publish_rate_per_tenant: Option<f64>,
+    max_destinations_per_tenant: Option<u64>,
+    max_ws_connections: Option<usize>,
+    retention_days: Option<u64>,
+    payload_retention_days: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +117,11 @@ pub struct Limits {
     pub max_page_size: u64,
     pub max_query_depth: usize,
     pub max_query_complexity: usize,
+    /// Publishes per second per tenant (token bucket); 0 = unlimited.
+    pub publish_rate_per_tenant: f64,
+    pub max_destinations_per_tenant: u64,
+    pub max_ws_connections: usize,
+    pub max_subscriptions_per_connection: usize,
 }
 
 impl Default for Limits {
@@ -102,6 +132,10 @@ impl Default for Limits {
             max_page_size: 100,
             max_query_depth: 12,
             max_query_complexity: 2_000,
+            publish_rate_per_tenant: 20_000.0,
+            max_destinations_per_tenant: 10_000,
+            max_ws_connections: 1_000,
+            max_subscriptions_per_connection: 100,
         }
     }
 }
@@ -124,8 +158,27 @@ impl Default for DispatchConfig {
             enabled: true,
             max_concurrency: 512,
             claim_batch: 500,
-            lease: Duration::from_secs(90),
+            lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(1000),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RetentionConfig {
+    /// Finished deliveries, attempts and events older than this are deleted; None keeps all.
+    pub keep: Option<Duration>,
+    /// Payloads are blanked after this (at most `keep`).
+    pub keep_payloads: Option<Duration>,
+    pub every: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            keep: Some(Duration::from_secs(30 * 86400)),
+            keep_payloads: None,
+            every: Duration::from_secs(300),
         }
     }
 }
@@ -144,6 +197,7 @@ pub struct Config {
     pub sqlite_synchronous: String,
     pub limits: Limits,
     pub dispatch: DispatchConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +232,7 @@ impl Config {
             sqlite_synchronous: "NORMAL".into(),
             limits: Limits::default(),
             dispatch: DispatchConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 
@@ -260,6 +315,39 @@ impl Config {
         }
         if let Some(v) = pick(args.dispatcher, file.dispatcher) {
             cfg.dispatch.enabled = v;
+        }
+        if let Some(v) = pick(args.publish_rate_per_tenant, file.publish_rate_per_tenant) {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(ConfigError::Invalid {
+                    name: "HOOKLINE_PUBLISH_RATE_PER_TENANT",
+                    message: format!("{v}: expected 0 (unlimited) or a positive rate"),
+                });
+            }
+            cfg.limits.publish_rate_per_tenant = v;
+        }
+        if let Some(v) = pick(
+            args.max_destinations_per_tenant,
+            file.max_destinations_per_tenant,
+        ) {
+            cfg.limits.max_destinations_per_tenant = v;
+        }
+        if let Some(v) = pick(args.max_ws_connections, file.max_ws_connections) {
+            cfg.limits.max_ws_connections = v;
+        }
+        if let Some(v) = pick(args.lease_secs, file.lease_secs) {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    name: "HOOKLINE_LEASE_SECS",
+                    message: "must be at least 1".into(),
+                });
+            }
+            cfg.dispatch.lease = Duration::from_secs(v);
+        }
+        if let Some(d) = pick(args.retention_days, file.retention_days) {
+            cfg.retention.keep = (d > 0).then(|| Duration::from_secs(d * 86400));
+        }
+        if let Some(d) = pick(args.payload_retention_days, file.payload_retention_days) {
+            cfg.retention.keep_payloads = Some(Duration::from_secs(d.max(1) * 86400));
         }
         Ok(cfg)
     }

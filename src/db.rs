@@ -110,3 +110,18 @@ mod tests {
         assert_eq!(super::sqlite_path("postgres://x"), None);
     }
 }
+
+/// A raw statement written with PostgreSQL's `$1, $2…` placeholders, rewritten to SQLite's
+/// numbered `?1, ?2…` when needed: the SQL text stays one string for both backends.
+pub fn raw(
+    backend: sea_orm::DbBackend,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> sea_orm::Statement {
+    let sql = if backend == DbBackend::Postgres {
+        sql.to_string()
+    } else {
+        sql.replace('$', "?")
+    };
+    sea_orm::Statement::from_sql_and_values(backend, sql, values)
+}

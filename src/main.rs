@@ -41,6 +41,8 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL).
     PrintSchema,
+    /// Check the database, migrations, clock and queue; exit 1 if anything fails.
+    Doctor,
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -74,6 +76,24 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::load(&cli.config)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::PrintSchema => print!("{}", hookline::graphql::sdl()),
+        Command::Doctor => {
+            let db = hookline::db::connect(&cfg).await?;
+            let checks = hookline::doctor::run(&db).await;
+            for c in &checks {
+                println!(
+                    "{:<5} {:<11} {}",
+                    format!("{:?}", c.level).to_uppercase(),
+                    c.name,
+                    c.detail
+                );
+            }
+            if checks
+                .iter()
+                .any(|c| c.level == hookline::doctor::Level::Fail)
+            {
+                std::process::exit(1);
+            }
+        }
         Command::Migrate => {
             init_logging(&cfg);
             let db = hookline::db::connect(&cfg).await?;

@@ -18,10 +18,7 @@ fn handle() -> Option<&'static PrometheusHandle> {
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
             ];
             PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Suffix("_duration_seconds".into()),
-                    &latency,
-                )
+                .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), &latency)
                 .ok()?
                 .install_recorder()
                 .ok()
@@ -41,10 +38,19 @@ pub fn init() {
         "Time from sending a webhook to its answer"
     );
     metrics::describe_gauge!("hookline_in_flight", "Webhook requests in flight");
-    metrics::describe_gauge!("hookline_queue_due", "Deliveries due now and not yet claimed");
+    metrics::describe_gauge!(
+        "hookline_queue_due",
+        "Deliveries due now and not yet claimed"
+    );
     metrics::describe_gauge!("hookline_queue_scheduled", "Deliveries scheduled for later");
-    metrics::describe_gauge!("hookline_circuit_open_destinations", "Destinations whose circuit is open");
-    metrics::describe_gauge!("hookline_live_subscribers", "Live bus subscribers in this process");
+    metrics::describe_gauge!(
+        "hookline_circuit_open_destinations",
+        "Destinations whose circuit is open"
+    );
+    metrics::describe_gauge!(
+        "hookline_live_subscribers",
+        "Live bus subscribers in this process"
+    );
     metrics::describe_histogram!(
         "hookline_graphql_request_duration_seconds",
         "GraphQL request latency"

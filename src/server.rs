@@ -5,11 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_graphql::Data;
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
@@ -61,6 +61,12 @@ pub async fn prepare(config: Config) -> anyhow::Result<(AppState, Started)> {
     let instance_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
     let sender = HttpSender::new(config.allow_private_targets)?;
     let state = AppState {
+        publish_limiter: Arc::new(crate::ratelimit::TenantLimiter::new(
+            config.limits.publish_rate_per_tenant,
+        )),
+        ws_connections: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_ws_connections,
+        )),
         publisher: Publisher::start(db.write.clone(), wake.clone()),
         writer: Writer::start(db.write.clone(), live.clone(), instance_id.clone()),
         sender,
@@ -91,6 +97,7 @@ pub async fn serve(
         state.shutdown.clone(),
     );
     let dispatcher = dispatch::spawn(state.clone());
+    crate::retention::spawn(state.clone());
     let token = state.shutdown.clone();
     let app = router(Http {
         app: state.clone(),
@@ -121,23 +128,14 @@ pub async fn run(
 fn router(http: Http) -> Router {
     let max_body = http.app.config.limits.max_body_bytes;
     Router::new()
-        .route("/graphql", get(graphiql).post(graphql))
+        .route("/graphql", get(crate::ui::graphiql).post(graphql))
         .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(crate::ui::router())
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(http)
-}
-
-async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .title("Hookline GraphiQL")
-            .finish(),
-    )
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {
@@ -176,8 +174,16 @@ async fn graphql_ws(
     ws: WebSocketUpgrade,
 ) -> Response {
     let keys = http.app.keys.clone();
+    let Ok(permit) = http.app.ws_connections.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many WebSocket connections (HOOKLINE_MAX_WS_CONNECTIONS)",
+        )
+            .into_response();
+    };
+    let per_connection = http.app.config.limits.max_subscriptions_per_connection;
     ws.protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
+        .on_upgrade(move |socket| async move {
             GraphQLWebSocket::new(socket, http.schema.clone(), protocol)
                 .on_connection_init(move |payload| async move {
                     let value = ["Authorization", "authorization"]
@@ -186,9 +192,12 @@ async fn graphql_ws(
                     let principal = keys.verify_header(value)?;
                     let mut data = Data::default();
                     data.insert(Caller(Ok(principal)));
+                    data.insert(crate::graphql::SubscriptionBudget::new(per_connection));
                     Ok(data)
                 })
                 .serve()
+                .await;
+            drop(permit);
         })
         .into_response()
 }
@@ -201,16 +210,11 @@ async fn metrics_text(State(http): State<Http>) -> Response {
         .into_response()
 }
 
+/// Ready when the database is reachable and migrated; the body lists every check (queue
+/// lag, abandoned leases...) for operators.
 async fn readyz(State(http): State<Http>) -> Response {
-    let db = &http.app.db;
-    let (ok, detail) = match db.ping().await {
-        Err(e) => (false, format!("database unreachable: {e}")),
-        Ok(()) => match db::is_migrated(db).await {
-            Ok(true) => (true, "ok".to_string()),
-            Ok(false) => (false, "database not migrated".to_string()),
-            Err(e) => (false, format!("cannot read migrations: {e}")),
-        },
-    };
+    let checks = crate::doctor::run(&http.app.db).await;
+    let ok = !checks.iter().any(|c| c.level == crate::doctor::Level::Fail);
     let status = if ok {
         StatusCode::OK
     } else {
@@ -218,7 +222,7 @@ async fn readyz(State(http): State<Http>) -> Response {
     };
     (
         status,
-        Json(serde_json::json!({ "ready": ok, "database": detail })),
+        Json(serde_json::json!({ "ready": ok, "checks": checks })),
     )
         .into_response()
 }

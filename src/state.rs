@@ -11,6 +11,7 @@ use crate::db::Db;
 use crate::dispatch::sender::HttpSender;
 use crate::dispatch::writer::Writer;
 use crate::live::LiveBus;
+use crate::ratelimit::TenantLimiter;
 use crate::service::events::Publisher;
 
 #[derive(Clone)]
@@ -31,4 +32,8 @@ pub struct AppState {
     pub writer: Writer,
     /// The guarded HTTP clients deliveries go out through.
     pub sender: HttpSender,
+    /// Publish rate per tenant.
+    pub publish_limiter: Arc<TenantLimiter>,
+    /// Open WebSocket connections in this process.
+    pub ws_connections: Arc<tokio::sync::Semaphore>,
 }

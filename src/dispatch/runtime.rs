@@ -4,9 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use tokio::time::Instant;
 
 use chrono::{DateTime, Utc};
 use entity::destination;
@@ -14,6 +11,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::circuit::Health;
+use crate::ratelimit::TokenBucket;
 
 #[derive(Clone, Debug)]
 pub struct HealthState {
@@ -120,59 +118,5 @@ impl Runtimes {
         map.values()
             .map(|rt| rt.waiting.load(std::sync::atomic::Ordering::Relaxed))
             .sum()
-    }
-}
-
-/// A token bucket: `rate` requests per second, bursts up to one second's worth.
-pub struct TokenBucket {
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl TokenBucket {
-    pub fn new(rate: f64) -> Self {
-        Self {
-            rate,
-            state: Mutex::new((rate.min(1.0), Instant::now())),
-        }
-    }
-
-    /// Time to wait before the next request may go, taking its token if it may go now.
-    fn try_take(&self) -> Option<Duration> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let elapsed = now.duration_since(s.1).as_secs_f64();
-        s.0 = (s.0 + elapsed * self.rate).min(self.rate.max(1.0));
-        s.1 = now;
-        if s.0 >= 1.0 {
-            s.0 -= 1.0;
-            None
-        } else {
-            Some(Duration::from_secs_f64((1.0 - s.0) / self.rate))
-        }
-    }
-
-    pub async fn acquire(&self) {
-        while let Some(wait) = self.try_take() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn bucket_spaces_requests() {
-        let b = TokenBucket::new(5.0);
-        let start = tokio::time::Instant::now();
-        for _ in 0..11 {
-            b.acquire().await;
-        }
-        // The first token is there at once; ten more need two seconds at 5/s.
-        let took = start.elapsed();
-        assert!(took >= Duration::from_millis(1900), "{took:?}");
-        assert!(took <= Duration::from_millis(2300), "{took:?}");
     }
 }

@@ -178,7 +178,21 @@ async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, un
     let (msg_id, body) = build_body(d, &unit, request_id);
     let started_at = now();
     metrics::gauge!("hookline_in_flight").increment(1.0);
-    let outcome = st.sender.send(d, &msg_id, body).await;
+    // One span per attempt, carrying the ids an operator greps for.
+    let span = tracing::info_span!(
+        "attempt",
+        destination = %d.id,
+        delivery = %unit[0].0.id,
+        event = %unit[0].0.event_id,
+        batch = n,
+        request = %request_id,
+    );
+    let outcome =
+        tracing::Instrument::instrument(st.sender.send(d, &msg_id, body), span.clone()).await;
+    span.in_scope(|| match &outcome.error {
+        None => tracing::debug!(status = ?outcome.status, ms = outcome.duration.as_millis() as u64, "delivered"),
+        Some((kind, msg)) => tracing::info!(kind = kind.as_str(), error = %msg, "attempt failed"),
+    });
     metrics::gauge!("hookline_in_flight").decrement(1.0);
     metrics::histogram!("hookline_attempt_duration_seconds").record(outcome.duration.as_secs_f64());
     let finished_at = now();
@@ -359,6 +373,9 @@ fn update_health(
             },
             disable: tr.disable,
             changed: after.health != before.health,
+            release_held_until: (before.health == Health::Failing
+                && after.health == Health::Active)
+                .then(|| t + PROBE_RESERVATION),
         })));
     after
 }

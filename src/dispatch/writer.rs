@@ -52,6 +52,9 @@ pub struct HealthUpdate {
     pub disable: bool,
     /// Whether the status differs from before (goes on the live bus).
     pub changed: bool,
+    /// A probe closed the circuit: the deliveries the open circuit held back (due at most
+    /// this late) are due now instead of waiting out the probe's reservation.
+    pub release_held_until: Option<DateTime<Utc>>,
 }
 
 pub enum WriterMsg {
@@ -235,6 +238,7 @@ impl Flush {
 /// Later updates win, but the "last success/failure" facts accumulate.
 fn merge_health(prev: &mut HealthUpdate, next: HealthUpdate) {
     let changed = prev.changed || next.changed;
+    let release_held_until = Ord::max(next.release_held_until, prev.release_held_until);
     let disable = prev.disable || next.disable;
     let last_success_at = next.last_success_at.or(prev.last_success_at);
     let (failed_at, code, reason) = if next.last_failure_at.is_some() {
@@ -252,6 +256,7 @@ fn merge_health(prev: &mut HealthUpdate, next: HealthUpdate) {
     };
     *prev = HealthUpdate {
         changed,
+        release_held_until,
         disable,
         last_success_at,
         last_failure_at: failed_at,
@@ -379,5 +384,16 @@ async fn write_health(db: &impl ConnectionTrait, h: &HealthUpdate) -> Result<(),
         .filter(destination::Column::Enabled.eq(true))
         .exec(db)
         .await?;
+    if let Some(until) = h.release_held_until {
+        let t = now();
+        delivery::Entity::update_many()
+            .col_expr(delivery::Column::NextAttemptAt, Expr::value(t))
+            .filter(delivery::Column::DestinationId.eq(h.destination_id))
+            .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY"]))
+            .filter(delivery::Column::NextAttemptAt.gt(t))
+            .filter(delivery::Column::NextAttemptAt.lte(until))
+            .exec(db)
+            .await?;
+    }
     Ok(())
 }

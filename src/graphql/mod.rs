@@ -27,6 +27,46 @@ pub type AppSchema = Schema<Query, Mutation, Subscription>;
 #[derive(Clone, Debug)]
 pub struct Caller(pub Result<Principal, String>);
 
+/// How many more subscriptions one WebSocket connection may open.
+#[derive(Clone, Debug)]
+pub struct SubscriptionBudget {
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+}
+
+impl SubscriptionBudget {
+    pub fn new(max: usize) -> Self {
+        Self {
+            open: Default::default(),
+            max,
+        }
+    }
+
+    /// A slot for one subscription, released when the guard drops with its stream.
+    pub(crate) fn take(&self) -> Result<BudgetGuard, AppError> {
+        use std::sync::atomic::Ordering;
+        let prev = self.open.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(AppError::bad_input(
+                "subscription",
+                format!("at most {} subscriptions per connection", self.max),
+            ));
+        }
+        Ok(BudgetGuard(Some(self.open.clone())))
+    }
+}
+
+pub(crate) struct BudgetGuard(Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Drop for BudgetGuard {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.take() {
+            n.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
 /// Builds the schema once at start-up; requests only add their [`Caller`].
 pub fn build_schema(state: AppState) -> AppSchema {
     let limits = state.config.limits.clone();

@@ -29,7 +29,14 @@ impl Mutation {
         let st = state(ctx)?;
         let (patch, first) = input.into_parts();
         Ok(Destination(
-            destinations::create(&st.db.write, p, patch, first).await?,
+            destinations::create(
+                &st.db.write,
+                p,
+                patch,
+                first,
+                st.config.limits.max_destinations_per_tenant,
+            )
+            .await?,
         ))
     }
 
@@ -144,6 +151,17 @@ impl Mutation {
             idempotency_key: input.idempotency_key,
         };
         events::validate(&ev, st.config.limits.max_payload_bytes)?;
+        if let Err(wait) = st.publish_limiter.check(&p.tenant) {
+            return Err(AppError::RateLimited {
+                message: format!(
+                    "this tenant publishes faster than {}/s (HOOKLINE_PUBLISH_RATE_PER_TENANT); retry in {} ms",
+                    st.config.limits.publish_rate_per_tenant,
+                    wait.as_millis().max(1)
+                ),
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            }
+            .into());
+        }
         let published = st.publisher.publish(p, ev).await?;
         metrics::counter!("hookline_events_published_total").increment(1);
         Ok(Event(published.event))

@@ -7,7 +7,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::delivery_types::{AttemptOutcome, DeliveryAttempt};
 use super::types::DestinationStatus;
-use super::{parse_id, require, state};
+use super::{BudgetGuard, SubscriptionBudget, parse_id, require, state};
 use crate::auth::Scope;
 use crate::error::AppError;
 use crate::live::LiveEvent;
@@ -26,12 +26,14 @@ pub struct DestinationStatusChange {
 /// error when the token expires, or when the subscriber fell too far behind to be complete
 /// (it is told how many items it missed rather than silently skipping them).
 fn live_stream<T: Send + 'static>(
+    budget: Option<BudgetGuard>,
     rx: broadcast::Receiver<LiveEvent>,
     tenant: String,
     expires_at: i64,
     pick: impl Fn(&LiveEvent) -> Option<T> + Send + 'static,
 ) -> impl Stream<Item = Result<T>> {
     struct St<F> {
+        _budget: Option<BudgetGuard>,
         rx: broadcast::Receiver<LiveEvent>,
         tenant: String,
         expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -39,6 +41,7 @@ fn live_stream<T: Send + 'static>(
         done: bool,
     }
     let st = St {
+        _budget: budget,
         rx,
         tenant,
         expiry: Box::pin(tokio::time::sleep(expiry_in(expires_at))),
@@ -79,6 +82,13 @@ fn live_stream<T: Send + 'static>(
     })
 }
 
+/// Over WebSocket, each subscription takes a slot of the connection's budget.
+fn budget(ctx: &Context<'_>) -> Result<Option<BudgetGuard>, AppError> {
+    ctx.data_opt::<SubscriptionBudget>()
+        .map(|b| b.take())
+        .transpose()
+}
+
 fn expiry_in(expires_at: i64) -> std::time::Duration {
     let secs = expires_at - chrono::Utc::now().timestamp();
     std::time::Duration::from_secs(secs.clamp(0, 10 * 365 * 86400) as u64)
@@ -102,8 +112,10 @@ impl Subscription {
             AttemptOutcome::Success => "SUCCESS",
             AttemptOutcome::Failure => "FAILURE",
         });
+        let budget = budget(ctx)?;
         let rx = state(ctx)?.live.subscribe();
         Ok(live_stream(
+            budget,
             rx,
             p.tenant.clone(),
             p.expires_at,
@@ -130,8 +142,10 @@ impl Subscription {
         let only = destination_id
             .map(|id| parse_id("destinationId", &id))
             .transpose()?;
+        let budget = budget(ctx)?;
         let rx = state(ctx)?.live.subscribe();
         Ok(live_stream(
+            budget,
             rx,
             p.tenant.clone(),
             p.expires_at,

@@ -6,7 +6,7 @@ use entity::{delivery, destination, subscription};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, Select, SqlErr, TransactionTrait,
+    PaginatorTrait, QueryFilter, Select, SqlErr, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -374,6 +374,7 @@ pub async fn create(
     p: &Principal,
     mut patch: DestinationPatch,
     first: InitialSubscription,
+    max_per_tenant: u64,
 ) -> AppResult<destination::Model> {
     let name = patch
         .name
@@ -397,6 +398,16 @@ pub async fn create(
         None,
         true,
     )?;
+    let live_count = live(&p.tenant).count(db).await?;
+    if live_count >= max_per_tenant {
+        return Err(AppError::bad_input(
+            "input",
+            format!(
+                "this tenant already has {live_count} destinations; the limit is {max_per_tenant} \
+                 (HOOKLINE_MAX_DESTINATIONS_PER_TENANT)"
+            ),
+        ));
+    }
     let txn = db.begin().await?;
     let name = m.name.clone();
     let am: destination::ActiveModel = m.into();

@@ -146,6 +146,8 @@ impl Server {
         let task = tokio::spawn(hookline::server::run(cfg, listener, async {
             let _ = rx.await;
         }));
+        // The server installs the TLS provider as it starts; the client may be built first.
+        hookline::server::install_crypto();
         let http = reqwest::Client::new();
         let s = Server {
             addr,
@@ -424,4 +426,111 @@ pub async fn publish(s: &Server, token: &str, event_type: &str, payload: Value) 
         )
         .await;
     d["publishEvent"]["id"].as_str().unwrap().to_string()
+}
+
+// ---- Delivery-test helpers -------------------------------------------------------------------
+
+/// A destination's state as the API shows it.
+pub async fn destination_state(s: &Server, token: &str, id: &str) -> Value {
+    let d = s
+        .ok(
+            token,
+            "query($id: ID!) { destination(id: $id) { id status enabled signingSecret
+               failureDetails { consecutiveFailures lastSuccessfulAt lastFailedAt
+                 lastFailedStatusCode lastFailedReason nextAttemptAt } } }",
+            json!({"id": id}),
+        )
+        .await;
+    d["destination"].clone()
+}
+
+/// The destination's deliveries (at most 100, newest first) with their attempts, oldest
+/// attempt first.
+pub async fn deliveries_of(s: &Server, token: &str, destination_id: &str) -> Vec<Value> {
+    let d = s
+        .ok(
+            token,
+            "query($f: DeliveryFilter) { deliveries(first: 100, filter: $f) { nodes {
+               id status eventId attemptCount lastStatusCode lastError completedAt
+               attempts { attemptNumber outcome responseStatus errorKind errorMessage
+                          requestId nextAttemptAt } } } }",
+            json!({"f": {"destinationId": destination_id}}),
+        )
+        .await;
+    d["deliveries"]["nodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until the destination has `n` deliveries that all satisfy `done`; returns them.
+pub async fn wait_deliveries(
+    s: &Server,
+    token: &str,
+    destination_id: &str,
+    n: usize,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = deliveries_of(s, token, destination_id).await;
+        if last.len() == n && last.iter().all(&done) {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deliveries never reached the expected state: {:#}",
+            Value::from(last)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every delivery of the destination (`n` of them) has `status`.
+pub async fn wait_status(
+    s: &Server,
+    token: &str,
+    destination_id: &str,
+    n: usize,
+    status: &str,
+    timeout: Duration,
+) -> Vec<Value> {
+    wait_deliveries(s, token, destination_id, n, timeout, |d| {
+        d["status"] == status
+    })
+    .await
+}
+
+/// Publishes with an explicit input (idempotency key, level...); returns `publishEvent`.
+pub async fn publish_input(s: &Server, token: &str, input: Value) -> Value {
+    s.ok(token, PUBLISH, json!({"input": input})).await["publishEvent"].clone()
+}
+
+// ---- API-test helpers ------------------------------------------------------------------------
+
+/// Like [`token`], but with `sub` = `subject` (the harness's token always says "tester").
+pub fn token_as(tenant: &str, subject: &str, scopes: &str) -> String {
+    JwtKeys::hs256(SECRET.as_bytes())
+        .mint(
+            tenant,
+            subject,
+            Scopes::parse(scopes),
+            Duration::from_secs(3600),
+        )
+        .expect("mint")
+}
+
+impl Server {
+    /// Another instance on this server's database with its own data dir, as a second
+    /// process behind a load balancer would be (meaningful for PostgreSQL).
+    pub async fn start_peer(&self, tweak: impl FnOnce(&mut Config)) -> Server {
+        let db = TestDb {
+            url: self.db.url.clone(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        let mut cfg = test_config(&db);
+        tweak(&mut cfg);
+        Server::start_on(db, cfg).await
+    }
 }

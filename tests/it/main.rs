@@ -1,4 +1,18 @@
 //! One integration-test binary: real servers, real receivers, real databases.
 
+mod api_auth;
+mod api_destinations;
+mod api_http;
+mod api_tenancy;
+mod api_validation;
+mod delivery_crash;
+mod delivery_features;
+mod delivery_retry;
+mod delivery_signing;
 mod harness;
+mod live_backpressure;
+mod live_loaders;
+mod live_stats;
+mod live_ws;
 mod schema;
+mod ws;

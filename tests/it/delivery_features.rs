@@ -1,0 +1,368 @@
+//! Delivery features: batching, FIFO, rate limits, idempotent publish, the target guard,
+//! lossy and discardAfter, test events, and two dispatchers sharing one PostgreSQL.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::json;
+
+use crate::both;
+use crate::harness::*;
+
+const T: Duration = Duration::from_secs(15);
+
+both!(batching_groups_events, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    let dest = create_destination(
+        &s,
+        &tok,
+        json!({"url": rx.url(), "batchSize": 3, "batchWindowMs": 500}),
+    )
+    .await;
+    let (a, b, c) = tokio::join!(
+        publish(&s, &tok, "batch.a", json!({"n": 1})),
+        publish(&s, &tok, "batch.b", json!({"n": 2})),
+        publish(&s, &tok, "batch.c", json!({"n": 3})),
+    );
+    let got = rx.wait_for(1, T).await;
+    let ds = wait_status(&s, &tok, &dest, 3, "SUCCEEDED", T).await;
+    assert_eq!(rx.count(), 1, "one request for the three events");
+    let body = got[0].json();
+    let events = body["events"].as_array().expect("batch envelope");
+    assert_eq!(events.len(), 3, "{body:#}");
+    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let mut want = vec![a.as_str(), b.as_str(), c.as_str()];
+    want.sort();
+    assert_eq!(ids, want);
+    for e in events {
+        let mut keys: Vec<&String> = e.as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["createdAt", "data", "id", "type"]);
+        let n = e["data"]["n"].as_i64().unwrap();
+        assert_eq!(e["type"], ["batch.a", "batch.b", "batch.c"][n as usize - 1]);
+    }
+    assert_eq!(body.as_object().unwrap().len(), 1);
+    // Every delivery records the attempt, all with the same request id.
+    let request_ids: HashSet<String> = ds
+        .iter()
+        .map(|d| {
+            assert_eq!(d["attempts"].as_array().unwrap().len(), 1);
+            d["attempts"][0]["requestId"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(request_ids.len(), 1, "{ds:#?}");
+    assert!(got[0].header("webhook-id").is_some());
+});
+
+both!(
+    ordered_destination_is_fifo_under_failures,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let tok = token("t1", "read write publish");
+        let rx = Receiver::start().await;
+        rx.status(500);
+        let dest = create_destination(
+            &s,
+            &tok,
+            json!({"url": rx.url(), "ordered": true, "retrySchedule": [1]}),
+        )
+        .await;
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(publish(&s, &tok, "seq.step", json!({"i": i})).await);
+        }
+        rx.wait_for(1, T).await;
+        rx.status(200);
+        wait_status(&s, &tok, &dest, 3, "SUCCEEDED", T).await;
+        let seq: Vec<String> = rx
+            .received()
+            .iter()
+            .map(|r| r.header("webhook-id").unwrap())
+            .collect();
+        assert_eq!(seq[0], ids[0]);
+        assert_eq!(
+            seq[1], ids[0],
+            "e1 is retried before anything else: {seq:?}"
+        );
+        let mut distinct: Vec<String> = Vec::new();
+        for id in &seq {
+            if distinct.last() != Some(id) {
+                assert!(!distinct.contains(id), "out of order: {seq:?}");
+                distinct.push(id.clone());
+            }
+        }
+        assert_eq!(distinct, ids);
+    }
+);
+
+both!(rate_limit_is_respected, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    let dest = create_destination(&s, &tok, json!({"url": rx.url(), "rateLimitPerSec": 5})).await;
+    let mut pubs = Vec::new();
+    for i in 0..10 {
+        pubs.push(publish(&s, &tok, "tick", json!({"i": i})));
+    }
+    futures_util::future::join_all(pubs).await;
+    let got = rx.wait_for(10, T).await;
+    let span = got[9].at - got[0].at;
+    // The first request goes at once, the nine others need 1.8 s at 5 per second.
+    assert!(span >= Duration::from_millis(1600), "{span:?}");
+    assert!(span < Duration::from_secs(8), "{span:?}");
+    for w in got.windows(6) {
+        let five_later = w[5].at - w[0].at;
+        assert!(
+            five_later >= Duration::from_millis(800),
+            "burst: {five_later:?}"
+        );
+    }
+    wait_status(&s, &tok, &dest, 10, "SUCCEEDED", T).await;
+});
+
+both!(idempotent_publish, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    let dest = create_destination(&s, &tok, json!({"url": rx.url()})).await;
+    let input = json!({"type": "order.created", "payload": {"n": 1}, "idempotencyKey": "ord-1"});
+    let first = publish_input(&s, &tok, input.clone()).await;
+    let second = publish_input(&s, &tok, input).await;
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(second["idempotencyKey"], "ord-1");
+    rx.wait_for(1, T).await;
+    wait_status(&s, &tok, &dest, 1, "SUCCEEDED", T).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(rx.count(), 1);
+    assert_eq!(
+        rx.received()[0].header("webhook-id").as_deref(),
+        first["id"].as_str()
+    );
+});
+
+both!(private_targets_blocked_by_default, |backend| async move {
+    let s = Server::start_with(backend, |cfg| cfg.allow_private_targets = false).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    let by_ip = create_destination(&s, &tok, json!({"url": rx.url(), "maxAttempts": 1})).await;
+    // A host name resolving to loopback is refused by the resolver, not the URL check.
+    let by_name = create_destination(
+        &s,
+        &tok,
+        json!({"url": format!("http://localhost:{}/hook", rx.addr.port()), "maxAttempts": 1}),
+    )
+    .await;
+    publish(&s, &tok, "user.created", json!({})).await;
+    for dest in [&by_ip, &by_name] {
+        let d = wait_status(&s, &tok, dest, 1, "FAILED", T).await.remove(0);
+        let a = &d["attempts"][0];
+        assert_eq!(a["outcome"], "FAILURE");
+        assert_eq!(a["errorKind"], "BLOCKED_TARGET", "{d:#}");
+        assert!(a["responseStatus"].is_null());
+    }
+    assert_eq!(rx.count(), 0, "nothing reached the private address");
+});
+
+both!(private_targets_allowed_with_flag, |backend| async move {
+    // The harness allows private targets, as HOOKLINE_ALLOW_PRIVATE_TARGETS=true does.
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    let by_ip = create_destination(&s, &tok, json!({"url": rx.url()})).await;
+    let by_name = create_destination(
+        &s,
+        &tok,
+        json!({"url": format!("http://localhost:{}/hook", rx.addr.port())}),
+    )
+    .await;
+    publish(&s, &tok, "user.created", json!({})).await;
+    rx.wait_for(2, T).await;
+    wait_status(&s, &tok, &by_ip, 1, "SUCCEEDED", T).await;
+    wait_status(&s, &tok, &by_name, 1, "SUCCEEDED", T).await;
+});
+
+both!(lossy_and_discard_after, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    rx.status(500);
+    let lossy = create_destination(
+        &s,
+        &tok,
+        json!({"url": rx.url(), "lossy": true, "retrySchedule": [1]}),
+    )
+    .await;
+    // The next retry (2 s) would be past discardAfterSecs (1 s): discarded instead.
+    let aging = create_destination(
+        &s,
+        &tok,
+        json!({"url": rx.url(), "discardAfterSecs": 1, "retrySchedule": [2]}),
+    )
+    .await;
+    publish(&s, &tok, "metrics.sample", json!({"v": 1})).await;
+    for dest in [&lossy, &aging] {
+        let d = wait_status(&s, &tok, dest, 1, "DISCARDED", T)
+            .await
+            .remove(0);
+        assert_eq!(d["attemptCount"], 1, "{d:#}");
+        assert_eq!(d["attempts"][0]["responseStatus"], 500);
+        assert!(d["attempts"][0]["nextAttemptAt"].is_null());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.count(), 2, "one attempt each, no retries");
+});
+
+both!(send_test_event_returns_attempt, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    let dest = create_destination(&s, &tok, json!({"url": rx.url()})).await;
+    let secret = destination_state(&s, &tok, &dest).await["signingSecret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let d = s
+        .ok(
+            &tok,
+            "mutation($id: ID!) { sendTestEvent(destinationId: $id) {
+               outcome responseStatus eventType eventId destinationId attemptNumber errorKind } }",
+            json!({"id": dest}),
+        )
+        .await;
+    let a = &d["sendTestEvent"];
+    assert_eq!(a["outcome"], "SUCCESS", "{a:#}");
+    assert_eq!(a["responseStatus"], 200);
+    assert_eq!(a["eventType"], "hookline.test");
+    assert_eq!(a["destinationId"], dest.as_str());
+    assert_eq!(a["attemptNumber"], 1);
+    // Synchronous: the receiver already has it.
+    assert_eq!(rx.count(), 1);
+    let r = &rx.received()[0];
+    assert_eq!(r.json()["type"], "hookline.test");
+    assert_eq!(r.header("webhook-id").as_deref(), a["eventId"].as_str());
+    standardwebhooks::Webhook::new(&secret)
+        .unwrap()
+        .verify(&r.body, &r.headers)
+        .expect("test events are signed too");
+
+    // A failing receiver: the attempt says so.
+    rx.status(503);
+    let d = s
+        .ok(
+            &tok,
+            "mutation($id: ID!) { sendTestEvent(destinationId: $id) {
+               outcome responseStatus errorKind } }",
+            json!({"id": dest}),
+        )
+        .await;
+    assert_eq!(d["sendTestEvent"]["outcome"], "FAILURE");
+    assert_eq!(d["sendTestEvent"]["responseStatus"], 503);
+    assert_eq!(d["sendTestEvent"]["errorKind"], "HTTP_STATUS");
+});
+
+/// A receiver that notices a webhook-id arriving while the same id is still being answered.
+#[derive(Default)]
+struct DupState {
+    in_flight: Mutex<HashSet<String>>,
+    seen: Mutex<HashMap<String, usize>>,
+    concurrent_dups: Mutex<Vec<String>>,
+}
+
+async fn start_dup_receiver(delay: Duration) -> (SocketAddr, Arc<DupState>) {
+    let st = Arc::new(DupState::default());
+    let st2 = st.clone();
+    let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+        let st = st2.clone();
+        async move {
+            let id = headers
+                .get("webhook-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            if !st.in_flight.lock().unwrap().insert(id.clone()) {
+                st.concurrent_dups.lock().unwrap().push(id.clone());
+            }
+            *st.seen.lock().unwrap().entry(id.clone()).or_default() += 1;
+            tokio::time::sleep(delay).await;
+            st.in_flight.lock().unwrap().remove(&id);
+            StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, st)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_share_one_postgres() {
+    if pg_available().is_none() {
+        return;
+    }
+    let a = Server::start(Backend::Postgres).await;
+    let b = a.start_peer(|_| {}).await;
+    let tok = token("t1", "read write publish");
+    let (addr, st) = start_dup_receiver(Duration::from_millis(20)).await;
+    create_destination(
+        &a,
+        &tok,
+        json!({"url": format!("http://{addr}/hook"), "maxInFlight": 16}),
+    )
+    .await;
+
+    const N: usize = 200;
+    let mut published: Vec<String> = Vec::with_capacity(N);
+    for chunk in 0..N / 20 {
+        let mut pubs = Vec::new();
+        for i in 0..20 {
+            let n = chunk * 20 + i;
+            let server = if n % 2 == 0 { &a } else { &b };
+            pubs.push(publish(server, &tok, "load.item", json!({"n": n})));
+        }
+        published.extend(futures_util::future::join_all(pubs).await);
+    }
+    let want: HashSet<String> = published.into_iter().collect();
+    assert_eq!(want.len(), N);
+    eventually(Duration::from_secs(60), "all events delivered", || async {
+        let seen = st.seen.lock().unwrap();
+        want.iter().all(|id| seen.contains_key(id)).then_some(())
+    })
+    .await;
+    // Let any straggling duplicate show itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dups = st.concurrent_dups.lock().unwrap().clone();
+    assert!(dups.is_empty(), "sent concurrently twice: {dups:?}");
+    let seen = st.seen.lock().unwrap().clone();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert_eq!(seen.len(), N);
+    // Both instances did part of the work (each keeps its own attempt rollup rows).
+    let conn = sea_orm::Database::connect(&a.db.url).await.unwrap();
+    let rows = eventually(T, "rollups of both instances", || async {
+        use sea_orm::{ConnectionTrait, Statement};
+        let row = conn
+            .query_one_raw(Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT COUNT(DISTINCT instance_id) AS n, SUM(attempts) AS total \
+                 FROM attempt_rollup",
+            ))
+            .await
+            .unwrap()?;
+        let n: i64 = row.try_get("", "n").ok()?;
+        let total: i64 = row.try_get("", "total").ok()?;
+        (total == N as i64).then_some((n, total))
+    })
+    .await;
+    eprintln!("instances that delivered, attempts: {rows:?}");
+    assert_eq!(rows.0, 2, "both dispatchers claimed deliveries");
+    conn.close().await.ok();
+    drop(b);
+}

@@ -1,0 +1,240 @@
+//! Failure handling: retries, exhaustion, timeouts, Retry-After, 410 Gone and the circuit
+//! breaker.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::both;
+use crate::harness::*;
+
+const T: Duration = Duration::from_secs(15);
+
+both!(retries_until_success, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    rx.status(500);
+    let dest =
+        create_destination(&s, &tok, json!({"url": rx.url(), "retrySchedule": [1, 1]})).await;
+    let ev = publish(&s, &tok, "order.created", json!({"n": 1})).await;
+    rx.wait_for(1, T).await;
+    rx.status(200);
+
+    let d = wait_status(&s, &tok, &dest, 1, "SUCCEEDED", T)
+        .await
+        .remove(0);
+    assert_eq!(d["eventId"], ev.as_str());
+    assert_eq!(d["attemptCount"], 2);
+    assert_eq!(d["lastStatusCode"], 200);
+    let attempts = d["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{d:#}");
+    assert_eq!(attempts[0]["attemptNumber"], 1);
+    assert_eq!(attempts[0]["outcome"], "FAILURE");
+    assert_eq!(attempts[0]["responseStatus"], 500);
+    assert_eq!(attempts[0]["errorKind"], "HTTP_STATUS");
+    assert!(!attempts[0]["nextAttemptAt"].is_null());
+    assert_eq!(attempts[1]["attemptNumber"], 2);
+    assert_eq!(attempts[1]["outcome"], "SUCCESS");
+    assert_eq!(attempts[1]["responseStatus"], 200);
+    assert!(attempts[1]["errorKind"].is_null());
+
+    let got = rx.received();
+    assert_eq!(got.len(), 2);
+    let gap = got[1].at - got[0].at;
+    // One second, ±20 % jitter, plus polling slack.
+    assert!(gap >= Duration::from_millis(750), "{gap:?}");
+    assert!(
+        got.iter()
+            .all(|r| r.header("webhook-id").as_deref() == Some(ev.as_str()))
+    );
+    let state = destination_state(&s, &tok, &dest).await;
+    assert_eq!(state["status"], "ACTIVE");
+    assert_eq!(state["failureDetails"]["consecutiveFailures"], 0);
+    assert!(!state["failureDetails"]["lastSuccessfulAt"].is_null());
+});
+
+both!(exhaustion_fails_delivery, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    rx.status(500);
+    let dest = create_destination(
+        &s,
+        &tok,
+        json!({"url": rx.url(), "retrySchedule": [1, 1], "maxAttempts": 2}),
+    )
+    .await;
+    publish(&s, &tok, "order.created", json!({})).await;
+
+    let d = wait_status(&s, &tok, &dest, 1, "FAILED", T).await.remove(0);
+    assert_eq!(d["attemptCount"], 2);
+    assert_eq!(d["lastStatusCode"], 500);
+    assert!(!d["completedAt"].is_null());
+    let attempts = d["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2);
+    for (i, a) in attempts.iter().enumerate() {
+        assert_eq!(a["attemptNumber"], i + 1);
+        assert_eq!(a["outcome"], "FAILURE");
+        assert_eq!(a["responseStatus"], 500);
+        assert_eq!(a["errorKind"], "HTTP_STATUS");
+    }
+    assert!(
+        attempts[1]["nextAttemptAt"].is_null(),
+        "no retry after the last"
+    );
+
+    let state = eventually(T, "RETRY_LIMIT_REACHED", || async {
+        let st = destination_state(&s, &tok, &dest).await;
+        (st["status"] == "RETRY_LIMIT_REACHED").then_some(st)
+    })
+    .await;
+    let f = &state["failureDetails"];
+    assert_eq!(f["consecutiveFailures"], 2);
+    assert_eq!(f["lastFailedStatusCode"], 500);
+    assert!(!f["lastFailedAt"].is_null());
+    assert!(f["lastSuccessfulAt"].is_null());
+    assert!(f["lastFailedReason"].as_str().unwrap().contains("500"));
+    assert_eq!(state["enabled"], true);
+    // Nothing more is sent.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.count(), 2);
+});
+
+both!(timeout_is_classified, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    rx.set(Behavior {
+        delay: Duration::from_secs(2),
+        ..Behavior::default()
+    });
+    let dest = create_destination(
+        &s,
+        &tok,
+        json!({"url": rx.url(), "timeoutMs": 1000, "maxAttempts": 1}),
+    )
+    .await;
+    publish(&s, &tok, "slow.thing", json!({})).await;
+    let d = wait_status(&s, &tok, &dest, 1, "FAILED", T).await.remove(0);
+    let a = &d["attempts"][0];
+    assert_eq!(a["outcome"], "FAILURE");
+    assert_eq!(a["errorKind"], "TIMEOUT", "{d:#}");
+    assert!(a["responseStatus"].is_null());
+});
+
+both!(retry_after_is_honoured, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    rx.set(Behavior {
+        status: 429,
+        headers: vec![("Retry-After".into(), "1".into())],
+        ..Behavior::default()
+    });
+    let dest = create_destination(&s, &tok, json!({"url": rx.url(), "retrySchedule": [30]})).await;
+    publish(&s, &tok, "rate.limited", json!({})).await;
+    rx.wait_for(1, T).await;
+    rx.set(Behavior::default());
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_millis(900), "{gap:?}");
+    assert!(
+        gap < Duration::from_secs(6),
+        "Retry-After, not the 30 s schedule: {gap:?}"
+    );
+    let d = wait_status(&s, &tok, &dest, 1, "SUCCEEDED", T)
+        .await
+        .remove(0);
+    assert_eq!(d["attempts"][0]["responseStatus"], 429);
+    assert_eq!(d["attemptCount"], 2);
+});
+
+both!(gone_disables_destination, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    rx.status(410);
+    let dest = create_destination(&s, &tok, json!({"url": rx.url()})).await;
+    publish(&s, &tok, "user.deleted", json!({})).await;
+
+    let d = wait_status(&s, &tok, &dest, 1, "FAILED", T).await.remove(0);
+    assert_eq!(d["attemptCount"], 1);
+    assert_eq!(d["attempts"][0]["responseStatus"], 410);
+    let state = eventually(T, "destination disabled", || async {
+        let st = destination_state(&s, &tok, &dest).await;
+        (st["enabled"] == false).then_some(st)
+    })
+    .await;
+    assert_eq!(state["status"], "DISABLED");
+    assert_eq!(state["failureDetails"]["lastFailedStatusCode"], 410);
+
+    // Later events do not reach a disabled destination.
+    rx.status(200);
+    publish(&s, &tok, "user.deleted", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rx.count(), 1);
+});
+
+both!(circuit_opens_and_closes, |backend| async move {
+    let started = Instant::now();
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    rx.status(500);
+    let dest = create_destination(
+        &s,
+        &tok,
+        json!({"url": rx.url(), "retrySchedule": [1], "maxAttempts": 20}),
+    )
+    .await;
+    // Five deliveries fail at once: five consecutive failures open the circuit.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(publish(&s, &tok, "job.done", json!({"i": i})).await);
+    }
+    let state = eventually(T, "circuit open", || async {
+        let st = destination_state(&s, &tok, &dest).await;
+        (st["status"] == "FAILING").then_some(st)
+    })
+    .await;
+    let opened = Instant::now();
+    assert!(
+        state["failureDetails"]["consecutiveFailures"]
+            .as_i64()
+            .unwrap()
+            >= 5
+    );
+    assert!(!state["failureDetails"]["nextAttemptAt"].is_null());
+    // While open, new and retried deliveries wait: nothing reaches the receiver.
+    ids.push(publish(&s, &tok, "job.done", json!({"i": 5})).await);
+    let at_open = rx.count();
+    assert!(at_open >= 5, "{at_open}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        rx.count(),
+        at_open,
+        "deliveries wait while the circuit is open"
+    );
+
+    // The receiver recovers; the probe (5 s after opening) closes the circuit and the waiting
+    // deliveries go.
+    rx.status(200);
+    let ok_from = rx.count();
+    wait_status(&s, &tok, &dest, 6, "SUCCEEDED", Duration::from_secs(12)).await;
+    let closed = opened.elapsed();
+    assert!(closed >= Duration::from_millis(3500), "{closed:?}");
+    let state = destination_state(&s, &tok, &dest).await;
+    assert_eq!(state["status"], "ACTIVE");
+    assert_eq!(state["failureDetails"]["consecutiveFailures"], 0);
+    let got = rx.received();
+    let mut delivered: Vec<String> = got[ok_from..]
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .collect();
+    delivered.sort();
+    delivered.dedup();
+    ids.sort();
+    assert_eq!(delivered, ids);
+    eprintln!("circuit test took {:?}", started.elapsed());
+});

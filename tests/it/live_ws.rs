@@ -1,0 +1,517 @@
+//! The live plane over a real WebSocket: attempts and status changes as they commit, their
+//! filters, tenant isolation, authentication from `connection_init`, token expiry, the legacy
+//! protocol, and two instances sharing one PostgreSQL database.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::both;
+use crate::harness::*;
+use crate::ws::{Incoming, Proto, WsClient};
+
+pub const ATTEMPTS: &str = "subscription($d: ID, $t: String, $o: AttemptOutcome) {
+  deliveryAttempts(destinationId: $d, eventType: $t, outcome: $o) {
+    id deliveryId destinationId eventId eventType attemptNumber outcome
+    responseStatus durationMs startedAt errorKind
+    delivery { id status }
+  }
+}";
+
+pub const STATUS: &str = "subscription($d: ID) {
+  destinationStatusChanged(destinationId: $d) { destinationId status enabled at }
+}";
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A connection with one subscription (id "1") that is live on the server when this returns.
+pub async fn subscribe(
+    addr: std::net::SocketAddr,
+    proto: Proto,
+    token: &str,
+    query: &str,
+    vars: Value,
+) -> WsClient {
+    let mut c = WsClient::connect(addr, proto, token).await;
+    c.subscribe("1", query, vars).await;
+    c.sync().await;
+    c
+}
+
+fn attempts(items: Vec<Value>) -> Vec<Value> {
+    items
+        .into_iter()
+        .map(|d| d["deliveryAttempts"].clone())
+        .collect()
+}
+
+fn field<'a>(items: &'a [Value], name: &str) -> Vec<&'a str> {
+    items.iter().map(|a| a[name].as_str().unwrap()).collect()
+}
+
+/// The attempt is already committed when it reaches a subscriber: its delivery lists it.
+async fn assert_committed(s: &Server, token: &str, a: &Value) {
+    let d = s
+        .ok(
+            token,
+            "query($id: ID!) { delivery(id: $id) { attempts { id } } }",
+            json!({"id": a["deliveryId"]}),
+        )
+        .await;
+    let ids: Vec<&Value> = d["delivery"]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| &x["id"])
+        .collect();
+    assert!(ids.contains(&&a["id"]), "attempt {a} not in {d}");
+}
+
+// 1. Attempts arrive in order with the right fields; each filter narrows the stream.
+both!(
+    attempts_stream_in_order_with_filters,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let tok = s.token("acme", "read write publish");
+        let ok = Receiver::start().await;
+        let bad = Receiver::start().await;
+        bad.status(500);
+        // FIFO destinations, so the order of attempts is the order of publishing.
+        let a = create_destination(
+            &s,
+            &tok,
+            json!({"url": ok.url(), "ordered": true, "eventTypes": ["order.*"]}),
+        )
+        .await;
+        let f = create_destination(
+            &s,
+            &tok,
+            json!({"url": bad.url(), "ordered": true, "maxAttempts": 1,
+               "eventTypes": ["order.created"]}),
+        )
+        .await;
+        let mut by_dest =
+            subscribe(s.addr, Proto::Transport, &tok, ATTEMPTS, json!({"d": a})).await;
+        let mut failures = subscribe(
+            s.addr,
+            Proto::Transport,
+            &tok,
+            ATTEMPTS,
+            json!({"o": "FAILURE"}),
+        )
+        .await;
+        let mut by_type = subscribe(
+            s.addr,
+            Proto::Transport,
+            &tok,
+            ATTEMPTS,
+            json!({"t": "order.cancelled"}),
+        )
+        .await;
+        let mut all = subscribe(s.addr, Proto::Transport, &tok, ATTEMPTS, json!({})).await;
+
+        let mut ids = Vec::new();
+        for i in 0..4 {
+            ids.push(publish(&s, &tok, "order.created", json!({"n": i})).await);
+        }
+        ids.push(publish(&s, &tok, "order.cancelled", json!({"n": 4})).await);
+
+        // destinationId filter: A's five successes, in publishing order.
+        let got = attempts(by_dest.take("1", 5, WAIT).await);
+        assert_eq!(field(&got, "eventId"), ids);
+        assert_eq!(
+            field(&got, "eventType"),
+            [
+                "order.created",
+                "order.created",
+                "order.created",
+                "order.created",
+                "order.cancelled"
+            ]
+        );
+        for at in &got {
+            assert_eq!(at["destinationId"], a.as_str());
+            assert_eq!(at["attemptNumber"], 1);
+            assert_eq!(at["outcome"], "SUCCESS");
+            assert_eq!(at["responseStatus"], 200);
+            assert!(at["durationMs"].as_i64().unwrap() >= 0, "{at}");
+            assert!(at["startedAt"].is_string(), "{at}");
+            assert!(at["errorKind"].is_null(), "{at}");
+            assert_eq!(at["delivery"]["id"], at["deliveryId"]);
+            assert_eq!(at["delivery"]["status"], "SUCCEEDED");
+            assert_committed(&s, &tok, at).await;
+        }
+
+        // outcome filter: only F's failures, each final (maxAttempts 1).
+        let got = attempts(failures.take("1", 4, WAIT).await);
+        assert_eq!(field(&got, "eventId"), ids[..4]);
+        for at in &got {
+            assert_eq!(at["destinationId"], f.as_str());
+            assert_eq!(at["outcome"], "FAILURE");
+            assert_eq!(at["responseStatus"], 500);
+            assert_eq!(at["errorKind"], "HTTP_STATUS");
+            assert_eq!(at["delivery"]["id"], at["deliveryId"]);
+            assert_eq!(at["delivery"]["status"], "FAILED");
+        }
+
+        // eventType filter.
+        let got = attempts(by_type.take("1", 1, WAIT).await);
+        assert_eq!(got[0]["eventId"], ids[4].as_str());
+        assert_eq!(got[0]["destinationId"], a.as_str());
+
+        // No filter: all nine, A's still in order among them.
+        let got = attempts(all.take("1", 9, WAIT).await);
+        let of = |d: &str| -> Vec<&str> {
+            got.iter()
+                .filter(|x| x["destinationId"] == d)
+                .map(|x| x["eventId"].as_str().unwrap())
+                .collect()
+        };
+        assert_eq!(of(&a), ids);
+        assert_eq!(of(&f), ids[..4]);
+
+        // Nothing more, on any of them: no duplicates, nothing outside the filters.
+        tokio::join!(
+            by_dest.expect_silence(Duration::from_millis(300)),
+            failures.expect_silence(Duration::from_millis(300)),
+            by_type.expect_silence(Duration::from_millis(300)),
+            all.expect_silence(Duration::from_millis(300)),
+        );
+        assert_eq!(ok.count(), 5);
+        assert_eq!(bad.count(), 4);
+    }
+);
+
+// 2. Another tenant's subscribers see nothing, not even when they guess a destination id.
+both!(other_tenant_receives_nothing, |backend| async move {
+    let s = Server::start(backend).await;
+    let acme = s.token("acme", "read write publish");
+    let rival = s.token("rival", "read write publish");
+    let ok = Receiver::start().await;
+    let gone = Receiver::start().await;
+    gone.status(410);
+    let a = create_destination(&s, &acme, json!({"url": ok.url()})).await;
+    let g = create_destination(
+        &s,
+        &acme,
+        json!({"url": gone.url(), "eventTypes": ["user.deleted"]}),
+    )
+    .await;
+    // The rival has a destination of its own, so its stream is not trivially empty.
+    create_destination(&s, &rival, json!({"url": ok.url()})).await;
+
+    let mut mine = subscribe(s.addr, Proto::Transport, &acme, ATTEMPTS, json!({})).await;
+    let mut mine_status = subscribe(s.addr, Proto::Transport, &acme, STATUS, json!({})).await;
+    let mut theirs = subscribe(s.addr, Proto::Transport, &rival, ATTEMPTS, json!({})).await;
+    let mut theirs_guess =
+        subscribe(s.addr, Proto::Transport, &rival, ATTEMPTS, json!({"d": a})).await;
+    let mut theirs_status = subscribe(s.addr, Proto::Legacy, &rival, STATUS, json!({})).await;
+
+    for i in 0..3 {
+        publish(&s, &acme, "user.created", json!({"n": i})).await;
+    }
+    publish(&s, &acme, "user.deleted", json!({})).await;
+
+    let got = attempts(mine.take("1", 5, WAIT).await);
+    assert_eq!(got.iter().filter(|x| x["destinationId"] == a).count(), 4);
+    assert_eq!(got.iter().filter(|x| x["destinationId"] == g).count(), 1);
+    let st = mine_status.take("1", 1, WAIT).await;
+    assert_eq!(
+        st[0]["destinationStatusChanged"]["destinationId"],
+        g.as_str()
+    );
+    assert_eq!(st[0]["destinationStatusChanged"]["status"], "DISABLED");
+
+    let window = Duration::from_secs(1);
+    tokio::join!(
+        theirs.expect_silence(window),
+        theirs_guess.expect_silence(window),
+        theirs_status.expect_silence(window),
+    );
+});
+
+fn token_with_exp(tenant: &str, scope: &str, exp: i64, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "tester", "tenant": tenant, "scope": scope, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Expects the server to refuse the connection after `connection_init`.
+async fn expect_refused(c: &mut WsClient, what: &str) {
+    match c.recv(Duration::from_secs(10)).await {
+        Some(Incoming::Closed(Some((code, reason)))) => {
+            assert_ne!(code, 1000, "{what}: closed normally");
+            assert!(reason.contains("token"), "{what}: close reason {reason:?}");
+        }
+        Some(Incoming::ConnectionError(p)) => {
+            assert!(p.to_string().contains("token"), "{what}: {p}");
+        }
+        other => panic!("{what}: expected the connection to be refused, got {other:?}"),
+    }
+}
+
+// 3. connection_init must carry a valid token; an expiring token ends the stream.
+both!(
+    connection_init_authenticates_and_expiry_ends_the_stream,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let now = chrono::Utc::now().timestamp();
+        let cases = [
+            ("no token", json!({})),
+            ("not a bearer value", json!({"Authorization": "Basic abc"})),
+            ("garbage", json!({"Authorization": "Bearer not-a-jwt"})),
+            (
+                "wrong key",
+                json!({"authorization": format!("Bearer {}",
+                token_with_exp("acme", "read", now + 600, "another-secret-another-secret-xx"))}),
+            ),
+            (
+                "expired",
+                json!({"Authorization": format!("Bearer {}",
+                token_with_exp("acme", "read", now - 600, SECRET))}),
+            ),
+        ];
+        for proto in [Proto::Transport, Proto::Legacy] {
+            for (what, payload) in &cases {
+                let mut c = WsClient::open(s.addr, proto, None).await;
+                c.init(payload.clone()).await;
+                expect_refused(&mut c, &format!("{proto:?} {what}")).await;
+            }
+        }
+        // Subscribing without connection_init is refused too.
+        let mut c = WsClient::open(s.addr, Proto::Transport, None).await;
+        c.subscribe("1", ATTEMPTS, json!({})).await;
+        assert!(
+            matches!(
+                c.recv(Duration::from_secs(10)).await,
+                Some(Incoming::Closed(_))
+            ),
+            "subscribe before connection_init must close the connection"
+        );
+
+        // The lower-case key works, and a token valid for 4 more seconds streams until then.
+        let tok = s.token("acme", "read write publish");
+        let ok = Receiver::start().await;
+        let d = create_destination(&s, &tok, json!({"url": ok.url()})).await;
+        let short = token_with_exp("acme", "read", chrono::Utc::now().timestamp() + 4, SECRET);
+        let mut c = WsClient::open(s.addr, Proto::Transport, None).await;
+        c.init(json!({"authorization": format!("Bearer {short}")}))
+            .await;
+        assert!(matches!(
+            c.recv(Duration::from_secs(10)).await,
+            Some(Incoming::Ack)
+        ));
+        c.subscribe("1", ATTEMPTS, json!({"d": d})).await;
+        c.sync().await;
+        let started = Instant::now();
+        let ev = publish(&s, &tok, "user.created", json!({})).await;
+        let got = attempts(c.take("1", 1, Duration::from_secs(10)).await);
+        assert_eq!(got[0]["eventId"], ev.as_str());
+        match c.recv(Duration::from_secs(10)).await {
+            Some(Incoming::Next { id, payload }) => {
+                assert_eq!(id, "1");
+                let e = &payload["errors"][0];
+                assert_eq!(e["extensions"]["code"], "UNAUTHENTICATED", "{payload}");
+                assert!(
+                    e["message"].as_str().unwrap().contains("expired"),
+                    "{payload}"
+                );
+            }
+            Some(Incoming::Error { id, payload }) => {
+                assert_eq!(id, "1");
+                assert!(payload.to_string().contains("expired"), "{payload}");
+            }
+            other => panic!("expected the stream to end with an error, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "ended late: {:?}",
+            started.elapsed()
+        );
+        match c.recv(Duration::from_secs(5)).await {
+            Some(Incoming::Complete { id }) => assert_eq!(id, "1"),
+            Some(Incoming::Closed(_)) => {}
+            other => panic!("expected complete after the error, got {other:?}"),
+        }
+    }
+);
+
+// 4. destinationStatusChanged: five consecutive failures open the circuit; 410 disables.
+both!(status_changes_when_failing_or_gone, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = s.token("acme", "read write publish");
+    let failing = Receiver::start().await;
+    failing.status(500);
+    let gone = Receiver::start().await;
+    gone.status(410);
+    let f = create_destination(
+        &s,
+        &tok,
+        json!({"url": failing.url(), "retrySchedule": [0], "maxAttempts": 20}),
+    )
+    .await;
+    let g = create_destination(&s, &tok, json!({"url": gone.url()})).await;
+    let mut sub_f = subscribe(s.addr, Proto::Transport, &tok, STATUS, json!({"d": f})).await;
+    let mut sub_g = subscribe(s.addr, Proto::Transport, &tok, STATUS, json!({"d": g})).await;
+    let mut sub_all = subscribe(s.addr, Proto::Transport, &tok, STATUS, json!({})).await;
+
+    publish(&s, &tok, "user.created", json!({})).await;
+
+    // F: AWAITING_RETRY after the first failure, FAILING after the fifth.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.last().map(String::as_str) != Some("FAILING") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let c = sub_f.take("1", 1, left).await[0]["destinationStatusChanged"].clone();
+        assert_eq!(c["destinationId"], f.as_str());
+        assert_eq!(c["enabled"], true);
+        assert!(c["at"].is_string());
+        seen.push(c["status"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen, ["AWAITING_RETRY", "FAILING"]);
+    assert!(failing.count() >= 5, "{} requests", failing.count());
+
+    // G: one 410 and it is off.
+    let c = sub_g.take("1", 1, WAIT).await[0]["destinationStatusChanged"].clone();
+    assert_eq!(c["destinationId"], g.as_str());
+    assert_eq!(c["status"], "DISABLED");
+    assert_eq!(c["enabled"], false);
+
+    // The unfiltered subscriber saw all three changes; G's in its place.
+    let got = sub_all.take("1", 3, WAIT).await;
+    let mut by_dest: HashMap<String, Vec<String>> = HashMap::new();
+    for c in &got {
+        let c = &c["destinationStatusChanged"];
+        by_dest
+            .entry(c["destinationId"].as_str().unwrap().into())
+            .or_default()
+            .push(c["status"].as_str().unwrap().into());
+    }
+    assert_eq!(by_dest[&f], ["AWAITING_RETRY", "FAILING"]);
+    assert_eq!(by_dest[&g], ["DISABLED"]);
+
+    // The stream matches what the API reports.
+    let q = "query($f: ID!, $g: ID!) {
+      f: destination(id: $f) { status enabled failureDetails { consecutiveFailures } }
+      g: destination(id: $g) { status enabled }
+    }";
+    let d = s.ok(&tok, q, json!({"f": f, "g": g})).await;
+    assert_eq!(d["f"]["status"], "FAILING");
+    assert!(
+        d["f"]["failureDetails"]["consecutiveFailures"]
+            .as_i64()
+            .unwrap()
+            >= 5
+    );
+    assert_eq!(d["g"]["status"], "DISABLED");
+    assert_eq!(d["g"]["enabled"], false);
+});
+
+// 5. The legacy `graphql-ws` protocol: connection_init / start / data / stop.
+both!(legacy_graphql_ws_protocol, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = s.token("acme", "read write publish");
+    let ok = Receiver::start().await;
+    let d = create_destination(&s, &tok, json!({"url": ok.url()})).await;
+    let mut c = subscribe(s.addr, Proto::Legacy, &tok, ATTEMPTS, json!({"d": d})).await;
+    let e1 = publish(&s, &tok, "user.created", json!({"n": 1})).await;
+    let e2 = publish(&s, &tok, "user.created", json!({"n": 2})).await;
+    let got = attempts(c.take("1", 2, WAIT).await);
+    let mut events: Vec<&str> = field(&got, "eventId");
+    events.sort();
+    let mut want = [e1.as_str(), e2.as_str()];
+    want.sort();
+    assert_eq!(events, want);
+    for at in &got {
+        assert_eq!(at["destinationId"], d.as_str());
+        assert_eq!(at["outcome"], "SUCCESS");
+        assert_eq!(at["delivery"]["status"], "SUCCEEDED");
+    }
+    c.send_json(json!({"type": "stop", "id": "1"})).await;
+    match c.recv(Duration::from_secs(10)).await {
+        Some(Incoming::Complete { id }) => assert_eq!(id, "1"),
+        other => panic!("expected complete after stop, got {other:?}"),
+    }
+    publish(&s, &tok, "user.created", json!({"n": 3})).await;
+    ok.wait_for(3, WAIT).await;
+    c.expect_silence(Duration::from_millis(300)).await;
+});
+
+// 6. Two instances on one PostgreSQL database: what one instance delivers reaches the other
+// instance's subscribers.
+mod two_instances_share_the_live_stream {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        if pg_available().is_none() {
+            return;
+        }
+        let a = Server::start(Backend::Postgres).await;
+        // B never dispatches: every attempt and status change it streams crossed over.
+        let b = a.start_peer(|c| c.dispatch.enabled = false).await;
+        let tok = a.token("acme", "read write publish");
+        let ok = Receiver::start().await;
+        let gone = Receiver::start().await;
+        gone.status(410);
+        let d =
+            create_destination(&a, &tok, json!({"url": ok.url(), "eventTypes": ["user.*"]})).await;
+        let g =
+            create_destination(&a, &tok, json!({"url": gone.url(), "eventTypes": ["x.*"]})).await;
+        let mut on_b = subscribe(b.addr, Proto::Transport, &tok, ATTEMPTS, json!({})).await;
+        let mut status_b = subscribe(b.addr, Proto::Transport, &tok, STATUS, json!({})).await;
+        let rival = b.token("rival", "read");
+        let mut rival_b = subscribe(b.addr, Proto::Transport, &rival, ATTEMPTS, json!({})).await;
+
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(publish(&a, &tok, "user.created", json!({"n": i})).await);
+        }
+        ids.push(publish(&a, &tok, "x.gone", json!({})).await);
+        let got = attempts(on_b.take("1", 4, WAIT).await);
+        let mut seen: Vec<&str> = field(&got, "eventId");
+        seen.sort();
+        ids.sort();
+        assert_eq!(seen, ids);
+        for at in &got {
+            // Resolved on B from the shared database.
+            assert_eq!(at["delivery"]["id"], at["deliveryId"]);
+            if at["destinationId"] == d {
+                assert_eq!(at["outcome"], "SUCCESS");
+                assert_eq!(at["delivery"]["status"], "SUCCEEDED");
+            } else {
+                assert_eq!(at["destinationId"], g.as_str());
+                assert_eq!(at["responseStatus"], 410);
+            }
+        }
+        let c = status_b.take("1", 1, WAIT).await[0]["destinationStatusChanged"].clone();
+        assert_eq!(c["destinationId"], g.as_str());
+        assert_eq!(c["status"], "DISABLED");
+        assert_eq!(c["enabled"], false);
+        rival_b.expect_silence(Duration::from_millis(500)).await;
+
+        // With two dispatching instances, a subscriber on either sees every attempt,
+        // whichever instance made it.
+        let c2 = a.start_peer(|_| {}).await;
+        let mut on_c = subscribe(c2.addr, Proto::Transport, &tok, ATTEMPTS, json!({"d": d})).await;
+        let mut on_a = subscribe(a.addr, Proto::Transport, &tok, ATTEMPTS, json!({"d": d})).await;
+        let mut more = Vec::new();
+        for i in 0..20 {
+            let via = if i % 2 == 0 { &a } else { &c2 };
+            more.push(publish(via, &tok, "user.updated", json!({"n": i})).await);
+        }
+        more.sort();
+        for sub in [&mut on_c, &mut on_a] {
+            let got = attempts(sub.take("1", 20, WAIT).await);
+            let mut seen: Vec<&str> = field(&got, "eventId");
+            seen.sort();
+            assert_eq!(seen, more);
+            sub.expect_silence(Duration::from_millis(200)).await;
+        }
+        ok.wait_for(23, WAIT).await;
+    }
+}
