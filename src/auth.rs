@@ -272,7 +272,8 @@ fn validation(alg: Algorithm) -> Validation {
     v
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+/// Creates `path` readable by the owner only and writes `contents` (fails if it exists).
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

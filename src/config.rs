@@ -71,6 +71,23 @@ pub struct ConfigArgs {
     /// Concurrent WebSocket connections per process.
     #[arg(long, env = "HOOKLINE_MAX_WS_CONNECTIONS", global = true)]
     pub max_ws_connections: Option<usize>,
+    /// 32-byte key (64 hex digits or base64) sealing secrets at rest. Default: generated into the data dir.
+    #[arg(
+        long,
+        env = "HOOKLINE_ENCRYPTION_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub encryption_key: Option<String>,
+    /// Older keys, comma separated, still accepted while rows are re-sealed under the new one.
+    #[arg(
+        long,
+        env = "HOOKLINE_ENCRYPTION_KEYS_PREVIOUS",
+        global = true,
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub encryption_keys_previous: Option<Vec<String>>,
     /// Days to keep finished deliveries, attempts and events (0 keeps everything).
     #[arg(long, env = "HOOKLINE_RETENTION_DAYS", global = true)]
     pub retention_days: Option<u64>,
@@ -102,6 +119,8 @@ struct FileConfig {
     max_ws_connections: Option<usize>,
     retention_days: Option<u64>,
     payload_retention_days: Option<u64>,
+    encryption_key: Option<String>,
+    encryption_keys_previous: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,6 +217,8 @@ pub struct Config {
     pub limits: Limits,
     pub dispatch: DispatchConfig,
     pub retention: RetentionConfig,
+    pub encryption_key: Option<String>,
+    pub encryption_keys_previous: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +254,8 @@ impl Config {
             limits: Limits::default(),
             dispatch: DispatchConfig::default(),
             retention: RetentionConfig::default(),
+            encryption_key: None,
+            encryption_keys_previous: Vec::new(),
         }
     }
 
@@ -343,6 +366,13 @@ impl Config {
             }
             cfg.dispatch.lease = Duration::from_secs(v);
         }
+        cfg.encryption_key =
+            pick(args.encryption_key.clone(), file.encryption_key).filter(|k| !k.is_empty());
+        cfg.encryption_keys_previous = pick(
+            args.encryption_keys_previous.clone(),
+            file.encryption_keys_previous,
+        )
+        .unwrap_or_default();
         if let Some(d) = pick(args.retention_days, file.retention_days) {
             cfg.retention.keep = (d > 0).then(|| Duration::from_secs(d * 86400));
         }

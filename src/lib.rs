@@ -3,6 +3,7 @@
 //! A map of the rooms:
 //! - [`config`]: every setting (defaults, TOML file, `HOOKLINE_*` env, flags).
 //! - [`auth`]: JWT verification into a [`auth::Principal`]; token minting.
+//! - [`crypto`]: secrets sealed at rest (AES-256-GCM) and key rotation.
 //! - [`db`]: connections (SQLite single writer + readers, or a PostgreSQL pool) and migrations.
 //! - [`service`]: the use cases, tenant-scoped, over SeaORM; no GraphQL or HTTP here.
 //! - [`graphql`]: schema, resolvers, inputs, DataLoaders, error mapping.
@@ -15,6 +16,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod dispatch;
 pub mod doctor;

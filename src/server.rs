@@ -56,11 +56,30 @@ pub async fn prepare(config: Config) -> anyhow::Result<(AppState, Started)> {
     )
     .map_err(anyhow::Error::msg)?;
     let keys = Arc::new(keys);
+    let cipher = Arc::new(
+        crate::crypto::from_config(
+            config.encryption_key.as_deref(),
+            &config.encryption_keys_previous,
+            &config.data_dir,
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
+    let resealed = crate::service::destinations::reseal_all(&db.write, &cipher)
+        .await
+        .map_err(|e| anyhow::anyhow!("re-sealing secrets: {}", e.detail()))?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            key = cipher.key_id(),
+            "secrets re-sealed under the current key"
+        );
+    }
     let live = LiveBus::new(4096);
     let wake = Arc::new(tokio::sync::Notify::new());
     let instance_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
     let sender = HttpSender::new(config.allow_private_targets)?;
     let state = AppState {
+        cipher,
         publish_limiter: Arc::new(crate::ratelimit::TenantLimiter::new(
             config.limits.publish_rate_per_tenant,
         )),

@@ -34,6 +34,8 @@ pub struct AppState {
     pub sender: HttpSender,
     /// Publish rate per tenant.
     pub publish_limiter: Arc<TenantLimiter>,
+    /// Seals and opens secrets at rest.
+    pub cipher: Arc<crate::crypto::Cipher>,
     /// Open WebSocket connections in this process.
     pub ws_connections: Arc<tokio::sync::Semaphore>,
 }

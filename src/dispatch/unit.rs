@@ -28,10 +28,19 @@ const PROBE_RESERVATION: TimeDelta = TimeDelta::seconds(60);
 pub(super) async fn handle_group(
     engine: Arc<Engine>,
     rt: Arc<DestRuntime>,
-    d: destination::Model,
+    mut d: destination::Model,
     items: Vec<Item>,
 ) {
     let n = items.len();
+    // Secrets are opened once per group; the sender gets them in the clear.
+    if let Err(e) = crate::service::destinations::unseal(&mut d, &engine.state.cipher) {
+        tracing::error!(destination = %d.id, error = %e.detail(), "cannot open destination secrets");
+        for (c, _) in &items {
+            engine.release(c, Some(now() + TimeDelta::seconds(60)));
+        }
+        engine.done(&rt, n);
+        return;
+    }
     let t = now();
     let mut live: Vec<Item> = Vec::with_capacity(n);
     for (c, ev) in items {
@@ -389,7 +398,8 @@ pub async fn send_test_event(
     destination_id: Uuid,
 ) -> AppResult<delivery_attempt::Model> {
     use sea_orm::TransactionTrait;
-    let d = crate::service::destinations::get_required(&st.db.read, p, destination_id).await?;
+    let mut d = crate::service::destinations::get_required(&st.db.read, p, destination_id).await?;
+    crate::service::destinations::unseal(&mut d, &st.cipher)?;
     let t = now();
     let ev = event::Model {
         id: new_id(),

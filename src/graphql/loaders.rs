@@ -26,13 +26,20 @@ pub struct Loaders {
 
 impl Loaders {
     pub fn new(db: Db) -> Self {
+        let delay = std::time::Duration::from_millis(
+            std::env::var("HL_DELAY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+        );
         Self {
-            subscriptions: DataLoader::new(SubscriptionsByDestination(db.clone()), tokio::spawn),
-            events: DataLoader::new(ById::new(db.clone()), tokio::spawn),
-            destinations: DataLoader::new(ById::new(db.clone()), tokio::spawn),
-            deliveries: DataLoader::new(ById::new(db.clone()), tokio::spawn),
-            attempts: DataLoader::new(AttemptsByDelivery(db.clone()), tokio::spawn),
-            stats: DataLoader::new(StatsLoader(db), tokio::spawn),
+            subscriptions: DataLoader::new(SubscriptionsByDestination(db.clone()), tokio::spawn)
+                .delay(delay),
+            events: DataLoader::new(ById::new(db.clone()), tokio::spawn).delay(delay),
+            destinations: DataLoader::new(ById::new(db.clone()), tokio::spawn).delay(delay),
+            deliveries: DataLoader::new(ById::new(db.clone()), tokio::spawn).delay(delay),
+            attempts: DataLoader::new(AttemptsByDelivery(db.clone()), tokio::spawn).delay(delay),
+            stats: DataLoader::new(StatsLoader(db), tokio::spawn).delay(delay),
         }
     }
 }

@@ -31,6 +31,7 @@ impl Mutation {
         Ok(Destination(
             destinations::create(
                 &st.db.write,
+                &st.cipher,
                 p,
                 patch,
                 first,
@@ -51,7 +52,7 @@ impl Mutation {
         let st = state(ctx)?;
         let (patch, expected) = input.into_patch();
         Ok(Destination(
-            destinations::update(&st.db.write, p, id, patch, expected).await?,
+            destinations::update(&st.db.write, &st.cipher, p, id, patch, expected).await?,
         ))
     }
 
@@ -69,7 +70,7 @@ impl Mutation {
         let id = parse_id("id", &id)?;
         let st = state(ctx)?;
         Ok(Destination(
-            destinations::set_enabled(&st.db.write, p, id, true).await?,
+            destinations::set_enabled(&st.db.write, &st.cipher, p, id, true).await?,
         ))
     }
 
@@ -78,7 +79,7 @@ impl Mutation {
         let id = parse_id("id", &id)?;
         let st = state(ctx)?;
         Ok(Destination(
-            destinations::set_enabled(&st.db.write, p, id, false).await?,
+            destinations::set_enabled(&st.db.write, &st.cipher, p, id, false).await?,
         ))
     }
 
@@ -95,8 +96,15 @@ impl Mutation {
         let id = parse_id("id", &id)?;
         let st = state(ctx)?;
         Ok(Destination(
-            destinations::rotate_secret(&st.db.write, p, id, grace_seconds.map(i64::from), secret)
-                .await?,
+            destinations::rotate_secret(
+                &st.db.write,
+                &st.cipher,
+                p,
+                id,
+                grace_seconds.map(i64::from),
+                secret,
+            )
+            .await?,
         ))
     }
 

@@ -11,7 +11,7 @@ use crate::dispatch::circuit::Health;
 use crate::dispatch::payload::PayloadFormat as DomainFormat;
 use crate::dispatch::signing::SigningScheme as DomainScheme;
 use crate::error::AppError;
-use crate::service::destinations::{headers_of, http_auth_of, retry_schedule_of};
+use crate::service::destinations::{headers_of, http_auth_of, retry_schedule_of, unseal};
 use crate::service::matching::{EventsPolicy as DomainPolicy, Level as DomainLevel};
 use crate::service::subscriptions::patterns_of;
 
@@ -118,9 +118,12 @@ impl Destination {
         self.0.signature_header.as_deref()
     }
     /// Needs the `write` scope.
-    async fn signing_secret(&self, ctx: &Context<'_>) -> Result<&str> {
+    async fn signing_secret(&self, ctx: &Context<'_>) -> Result<String> {
         principal(ctx)?.require(Scope::Write)?;
-        Ok(&self.0.signing_secret)
+        Ok(state(ctx)?
+            .cipher
+            .open(&self.0.signing_secret)
+            .map_err(|e| AppError::internal("open signing secret", e))?)
     }
     /// While a rotation's grace lasts, the previous secret also signs; this is when it stops.
     async fn previous_secret_expires_at(&self) -> Option<DateTime<Utc>> {
@@ -128,12 +131,14 @@ impl Destination {
             .previous_secret_expires_at
             .filter(|t| *t > crate::service::now())
     }
-    async fn http_auth(&self) -> HttpAuthKind {
-        match http_auth_of(&self.0).as_ref().map(|a| a.kind()) {
+    async fn http_auth(&self, ctx: &Context<'_>) -> Result<HttpAuthKind> {
+        let mut m = self.0.clone();
+        unseal(&mut m, &state(ctx)?.cipher)?;
+        Ok(match http_auth_of(&m).as_ref().map(|a| a.kind()) {
             Some("BASIC") => HttpAuthKind::Basic,
             Some("BEARER") => HttpAuthKind::Bearer,
             _ => HttpAuthKind::None,
-        }
+        })
     }
     async fn headers(&self, ctx: &Context<'_>) -> Result<Vec<Header>> {
         let show = principal(ctx)?.scopes.has(Scope::Write);

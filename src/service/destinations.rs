@@ -16,6 +16,7 @@ use super::page::{Direction, Page, PageRequest, paginate};
 use super::validate::{self, FieldError};
 use super::{new_id, now, subscriptions};
 use crate::auth::Principal;
+use crate::crypto::Cipher;
 use crate::dispatch::circuit::Health;
 use crate::dispatch::payload::PayloadFormat;
 use crate::dispatch::retry;
@@ -118,6 +119,63 @@ pub fn http_auth_of(m: &destination::Model) -> Option<HttpAuth> {
 
 pub fn retry_schedule_of(m: &destination::Model) -> Vec<u32> {
     serde_json::from_str(&m.retry_schedule).unwrap_or_else(|_| retry::DEFAULT_SCHEDULE.to_vec())
+}
+
+/// Opens the sealed columns in place (signing secrets, HTTP auth).
+pub fn unseal(m: &mut destination::Model, c: &Cipher) -> AppResult<()> {
+    let open = |v: &str| {
+        c.open(v)
+            .map_err(|e| AppError::internal("open destination secret", e))
+    };
+    m.signing_secret = open(&m.signing_secret)?;
+    if let Some(v) = &m.previous_secret {
+        m.previous_secret = Some(open(v)?);
+    }
+    if let Some(v) = &m.http_auth {
+        m.http_auth = Some(open(v)?);
+    }
+    Ok(())
+}
+
+/// Seals the secret columns for storage.
+pub fn seal(m: &mut destination::Model, c: &Cipher) {
+    m.signing_secret = c.seal(&m.signing_secret);
+    m.previous_secret = m.previous_secret.as_deref().map(|v| c.seal(v));
+    m.http_auth = m.http_auth.as_deref().map(|v| c.seal(v));
+}
+
+/// Re-seals, under the current key, every destination row sealed with an older key (or not
+/// at all). Runs at start-up; touches neither `version` nor `updated_at`.
+pub async fn reseal_all(db: &DatabaseConnection, c: &Cipher) -> AppResult<u64> {
+    let mut done = 0;
+    let rows = destination::Entity::find().all(db).await?;
+    for mut m in rows {
+        let stale = c.needs_reseal(&m.signing_secret)
+            || m.previous_secret
+                .as_deref()
+                .is_some_and(|v| c.needs_reseal(v))
+            || m.http_auth.as_deref().is_some_and(|v| c.needs_reseal(v));
+        if !stale {
+            continue;
+        }
+        unseal(&mut m, c)?;
+        seal(&mut m, c);
+        destination::Entity::update_many()
+            .col_expr(
+                destination::Column::SigningSecret,
+                Expr::value(m.signing_secret),
+            )
+            .col_expr(
+                destination::Column::PreviousSecret,
+                Expr::value(m.previous_secret),
+            )
+            .col_expr(destination::Column::HttpAuth, Expr::value(m.http_auth))
+            .filter(destination::Column::Id.eq(m.id))
+            .exec(db)
+            .await?;
+        done += 1;
+    }
+    Ok(done)
 }
 
 fn defaults(p: &Principal, name: String, url: String) -> destination::Model {
@@ -371,6 +429,7 @@ pub async fn list<C: ConnectionTrait>(
 
 pub async fn create(
     db: &DatabaseConnection,
+    cipher: &Cipher,
     p: &Principal,
     mut patch: DestinationPatch,
     first: InitialSubscription,
@@ -388,6 +447,7 @@ pub async fn create(
     validate::url(&url)?;
     let mut m = defaults(p, name, url);
     apply(&mut m, patch)?;
+    seal(&mut m, cipher);
     // A destination created without event types hears every event, as in Svix.
     let sub = subscriptions::new_model(
         p,
@@ -455,6 +515,7 @@ async fn save_versioned<C: ConnectionTrait>(
 
 pub async fn update<C: ConnectionTrait>(
     db: &C,
+    cipher: &Cipher,
     p: &Principal,
     id: Uuid,
     patch: DestinationPatch,
@@ -471,7 +532,9 @@ pub async fn update<C: ConnectionTrait>(
     }
     let was_enabled = m.enabled;
     let read_version = m.version;
+    unseal(&mut m, cipher)?;
     apply(&mut m, patch)?;
+    seal(&mut m, cipher);
     if m.enabled && !was_enabled {
         reset_health(&mut m);
     }
@@ -502,12 +565,14 @@ async fn unpark<C: ConnectionTrait>(db: &C, destination_id: Uuid) -> AppResult<(
 
 pub async fn set_enabled<C: ConnectionTrait>(
     db: &C,
+    cipher: &Cipher,
     p: &Principal,
     id: Uuid,
     enabled: bool,
 ) -> AppResult<destination::Model> {
     update(
         db,
+        cipher,
         p,
         id,
         DestinationPatch {
@@ -567,6 +632,7 @@ pub async fn delete(db: &DatabaseConnection, p: &Principal, id: Uuid) -> AppResu
 /// period so receivers can switch without dropping a request.
 pub async fn rotate_secret<C: ConnectionTrait>(
     db: &C,
+    cipher: &Cipher,
     p: &Principal,
     id: Uuid,
     grace_seconds: Option<i64>,
@@ -580,6 +646,7 @@ pub async fn rotate_secret<C: ConnectionTrait>(
         ));
     }
     let mut m = get_required(db, p, id).await?;
+    unseal(&mut m, cipher)?;
     let scheme = SigningScheme::parse(&m.signing_scheme).unwrap_or(SigningScheme::StandardWebhooks);
     let secret = match new_secret {
         Some(s) => {
@@ -598,6 +665,7 @@ pub async fn rotate_secret<C: ConnectionTrait>(
         m.previous_secret = None;
         m.previous_secret_expires_at = None;
     }
+    seal(&mut m, cipher);
     save_versioned(db, p, m, read_version).await
 }
 

@@ -66,7 +66,8 @@ impl Bucket {
 /// Maximum number of buckets one metrics query may return.
 pub const MAX_BUCKETS: i64 = 1500;
 
-/// The window's rollup rows. `since`/`until` are rounded down to whole minutes.
+/// The window's rollup rows: the minutes that overlap `[since, until)` (`since` is rounded down
+/// to its minute; the minute `until` falls in counts, so a window ending now includes it).
 async fn rollups(
     db: &impl ConnectionTrait,
     destination_ids: &[Uuid],
@@ -79,7 +80,7 @@ async fn rollups(
         q = q.filter(attempt_rollup::Column::BucketStart.gte(minute_of(s)));
     }
     if let Some(u) = until {
-        q = q.filter(attempt_rollup::Column::BucketStart.lt(minute_of(u)));
+        q = q.filter(attempt_rollup::Column::BucketStart.lt(u));
     }
     Ok(q.all(db).await?)
 }

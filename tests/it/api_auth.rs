@@ -156,12 +156,25 @@ both!(auth_forged_token, |backend| async move {
     // Correctly signed but without a tenant, or with an empty one.
     let no_tenant = jwt(SECRET, json!({"sub": "x", "scope": "admin", "exp": exp}));
     let empty_tenant = jwt(SECRET, claims("", "admin", exp));
+    // Correctly signed but never expiring, or with another HMAC algorithm than HS256.
+    let no_exp = jwt(
+        SECRET,
+        json!({"sub": "x", "tenant": "acme", "scope": "admin"}),
+    );
+    let hs384 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS384),
+        &claims("acme", "admin", exp),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
     for (what, t) in [
         ("other key", &other),
         ("tampered", &tampered),
         ("alg none", &unsigned),
         ("no tenant", &no_tenant),
         ("empty tenant", &empty_tenant),
+        ("no exp", &no_exp),
+        ("HS384", &hs384),
     ] {
         let (c, e) = s.err_code(Some(t), VIEWER, json!({})).await;
         assert_eq!(c, "UNAUTHENTICATED", "{what}: {e}");

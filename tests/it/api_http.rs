@@ -32,8 +32,20 @@ both!(graphiql_page, |backend| async move {
     assert!(ct.starts_with("text/html"), "{ct}");
     let html = r.text().await.unwrap();
     assert!(html.to_lowercase().contains("graphiql"), "{html}");
+    // The page and the same-origin scripts it loads configure the WebSocket endpoint for
+    // subscriptions; every one of those scripts is served.
+    let mut text = html.clone();
+    for src in html.split("<script src=\"").skip(1) {
+        let src = src.split('"').next().unwrap();
+        if !src.starts_with('/') || src.starts_with("//") {
+            continue;
+        }
+        let r = s.http.get(s.url(src)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{src}");
+        text.push_str(&r.text().await.unwrap());
+    }
     assert!(
-        html.contains("/graphql/ws"),
-        "no subscription endpoint: {html}"
+        text.contains("/graphql/ws"),
+        "no subscription endpoint in the page or its scripts: {html}"
     );
 });

@@ -155,13 +155,19 @@ both!(tenant_isolation_queries, |backend| async move {
     }
 
     // deliveryMetrics answers for A's destination exactly as for one that does not exist.
-    let q = "query($id: ID!) { deliveryMetrics(destinationId: $id, since: \"2020-01-01T00:00:00Z\") { attempts } }";
-    let foreign = s.gql(Some(b), q, json!({"id": w.dest})).await;
-    let missing = s.gql(Some(b), q, json!({"id": random_id()})).await;
+    let q = "query($id: ID!, $since: DateTime!) { deliveryMetrics(destinationId: $id, since: $since) { attempts } }";
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
+    let foreign = s
+        .gql(Some(b), q, json!({"id": w.dest, "since": since}))
+        .await;
+    let missing = s
+        .gql(Some(b), q, json!({"id": random_id(), "since": since}))
+        .await;
+    assert_eq!(code(&foreign), "NOT_FOUND", "{foreign:#}");
     assert_eq!(foreign, missing);
     assert!(!foreign.to_string().contains(&w.dest));
     // ...while A sees its attempt there.
-    let r = s.ok(&w.a, q, json!({"id": w.dest})).await;
+    let r = s.ok(&w.a, q, json!({"id": w.dest, "since": since})).await;
     let attempts: i64 = r["deliveryMetrics"]
         .as_array()
         .unwrap()

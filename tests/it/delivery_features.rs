@@ -351,7 +351,7 @@ async fn two_dispatchers_share_one_postgres() {
         let row = conn
             .query_one_raw(Statement::from_string(
                 sea_orm::DbBackend::Postgres,
-                "SELECT COUNT(DISTINCT instance_id) AS n, SUM(attempts) AS total \
+                "SELECT COUNT(DISTINCT instance_id) AS n, SUM(attempts)::bigint AS total \
                  FROM attempt_rollup",
             ))
             .await

@@ -29,20 +29,26 @@ export function fillBuckets(points, since, until, bucketMs) {
   return out;
 }
 
+const TICKS = 4;
+
+/** The top of the y axis: TICKS steps of 1, 2 or 5 × 10ⁿ (at least 1), covering `v`. */
 function niceMax(v) {
-  if (v <= 0) return 1;
-  const exp = 10 ** Math.floor(Math.log10(v));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * exp >= v) return m * exp;
-  return 10 * exp;
+  const raw = Math.max(v, 1) / TICKS;
+  const exp = 10 ** Math.floor(Math.log10(raw));
+  for (const m of [1, 2, 5, 10]) {
+    const step = Math.max(1, m * exp);
+    if (step * TICKS >= v) return step * TICKS;
+  }
+  return 10 * exp * TICKS;
 }
 
 function frame(yMax, yFormat, buckets, bucketMs) {
   const innerW = W - PAD.left - PAD.right;
   const innerH = H - PAD.top - PAD.bottom;
   const grid = [];
-  for (let i = 0; i <= 4; i += 1) {
-    const v = (yMax * i) / 4;
-    const y = PAD.top + innerH - (innerH * i) / 4;
+  for (let i = 0; i <= TICKS; i += 1) {
+    const v = (yMax * i) / TICKS;
+    const y = PAD.top + innerH - (innerH * i) / TICKS;
     grid.push(svg('line', { class: 'grid', x1: PAD.left, x2: W - PAD.right, y1: y, y2: y }));
     grid.push(svg('text', { class: 'axis', x: PAD.left - 6, y: y + 4, 'text-anchor': 'end' }, yFormat(v)));
   }
@@ -75,7 +81,7 @@ export function attemptsChart(buckets, { bucketMs, unit }) {
   const bad = buckets.reduce((a, b) => a + b.failures, 0);
   const peak = buckets.reduce((m, b) => (b.attempts > m.attempts ? b : m), { attempts: 0, t: 0 });
   const yMax = niceMax(Math.max(...buckets.map((b) => b.successes + b.failures), 1));
-  const f = frame(yMax, (v) => fmtInt(Math.round(v * 10) / 10), buckets, bucketMs);
+  const f = frame(yMax, (v) => fmtInt(v), buckets, bucketMs);
   const hatch = uniqueId('hatch');
   const titleId = uniqueId('chart-title');
   const summary = total === 0

@@ -43,16 +43,22 @@ export function toggleButton(d, { canWrite, onChange, onError }) {
     disabled: !canWrite,
     title: canWrite ? null : 'Needs the write scope',
   }, verb);
+  // Busy is aria-disabled rather than disabled: a disabled button drops keyboard focus.
+  let busy = false;
   btn.addEventListener('click', async () => {
-    btn.disabled = true;
+    if (busy) return;
+    busy = true;
+    btn.setAttribute('aria-disabled', 'true');
     btn.textContent = d.enabled ? 'Disabling…' : 'Enabling…';
     try {
       const data = await gql(d.enabled ? TOGGLE.disable : TOGGLE.enable, { id: d.id });
       onChange(data.enableDestination || data.disableDestination);
     } catch (e) {
-      btn.disabled = false;
       btn.textContent = verb;
       onError(e);
+    } finally {
+      busy = false;
+      btn.removeAttribute('aria-disabled');
     }
   });
   return btn;
