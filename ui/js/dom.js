@@ -183,3 +183,20 @@ export function debounce(fn, ms) {
     timer = setTimeout(() => fn(...args), ms);
   };
 }
+
+/**
+ * Runs `fn` with `btn` marked busy. aria-disabled rather than disabled, so that keyboard
+ * focus stays on the button; clicks while busy are ignored.
+ */
+export async function whileBusy(btn, busyText, fn) {
+  if (btn.getAttribute('aria-disabled') === 'true') return undefined;
+  const text = btn.textContent;
+  btn.setAttribute('aria-disabled', 'true');
+  if (busyText) btn.textContent = busyText;
+  try {
+    return await fn();
+  } finally {
+    btn.removeAttribute('aria-disabled');
+    if (busyText) btn.textContent = text;
+  }
+}

@@ -4,7 +4,7 @@
 import { gql, live } from '../api.js';
 import { attemptsChart, fillBuckets, latencyChart } from '../chart.js';
 import {
-  absoluteTime, badge, defList, fmtInt, fmtMs, fmtPercent, fmtSeconds, h, shortId, throttle, time,
+  absoluteTime, badge, defList, fmtInt, fmtMs, fmtPercent, fmtSeconds, h, shortId, throttle, time, whileBusy,
 } from '../dom.js';
 import { toggleButton } from './destinations.js';
 
@@ -149,8 +149,7 @@ export async function destinationPage(page, { params, query }) {
       d.description ? h('p', null, d.description) : null));
     const focusedAction = actions.contains(document.activeElement) ? document.activeElement.dataset.action : null;
     const testBtn = h('button', { type: 'button', class: 'btn', 'data-action': 'test', disabled: !page.canWrite() }, 'Send test event');
-    testBtn.addEventListener('click', async () => {
-      testBtn.disabled = true;
+    testBtn.addEventListener('click', () => whileBusy(testBtn, 'Sending…', async () => {
       note('Sending a test event…');
       try {
         const a = (await gql(TEST, { id })).sendTestEvent;
@@ -161,10 +160,8 @@ export async function destinationPage(page, { params, query }) {
         refresh();
       } catch (e) {
         note(e.message, 'bad');
-      } finally {
-        testBtn.disabled = !page.canWrite();
       }
-    });
+    }));
     const toggle = toggleButton(d, {
       canWrite: page.canWrite(),
       onError: (e) => note(e.message, 'bad'),
@@ -246,17 +243,15 @@ export async function destinationPage(page, { params, query }) {
         disabled: !page.canWrite() || dl.status === 'DELIVERING',
         'aria-label': `Retry delivery of ${dl.eventType} (${shortId(dl.id)})`,
       }, 'Retry');
-      retry.addEventListener('click', async () => {
-        retry.disabled = true;
+      retry.addEventListener('click', () => whileBusy(retry, null, async () => {
         try {
           await gql(RETRY, { id: dl.id });
           note(`Delivery ${shortId(dl.id)} queued for another attempt.`, 'info');
           refresh();
         } catch (e) {
-          retry.disabled = false;
           note(e.message, 'bad');
         }
-      });
+      }));
       const details = h('details', { 'data-delivery': dl.id, open: state.open.has(dl.id) },
         h('summary', { 'data-key': `summary-${dl.id}` },
           h('span', { class: 'mono strong' }, dl.eventType),
@@ -352,7 +347,7 @@ export async function destinationPage(page, { params, query }) {
         note('Choose a start time and at least one status.', 'bad');
         return;
       }
-      submit.disabled = true;
+      await whileBusy(submit, 'Replaying…', async () => {
       try {
         const n = (await gql(REPLAY, {
           id,
@@ -364,9 +359,8 @@ export async function destinationPage(page, { params, query }) {
         refresh();
       } catch (err) {
         note(err.message, 'bad');
-      } finally {
-        submit.disabled = !page.canWrite();
       }
+      });
     });
     replayBox.replaceChildren(form);
   }

@@ -1,7 +1,7 @@
 // Destinations: status, last-24-hour success rate and p95, enable/disable.
 
 import { gql, live } from '../api.js';
-import { badge, debounce, fmtInt, fmtMs, fmtPercent, h } from '../dom.js';
+import { badge, debounce, fmtInt, fmtMs, fmtPercent, h, whileBusy } from '../dom.js';
 
 const LIST = `query Destinations($first: Int!, $after: String, $filter: DestinationFilter, $since: DateTime!) {
   destinations(first: $first, after: $after, filter: $filter) {
@@ -43,24 +43,14 @@ export function toggleButton(d, { canWrite, onChange, onError }) {
     disabled: !canWrite,
     title: canWrite ? null : 'Needs the write scope',
   }, verb);
-  // Busy is aria-disabled rather than disabled: a disabled button drops keyboard focus.
-  let busy = false;
-  btn.addEventListener('click', async () => {
-    if (busy) return;
-    busy = true;
-    btn.setAttribute('aria-disabled', 'true');
-    btn.textContent = d.enabled ? 'Disabling…' : 'Enabling…';
+  btn.addEventListener('click', () => whileBusy(btn, d.enabled ? 'Disabling…' : 'Enabling…', async () => {
     try {
       const data = await gql(d.enabled ? TOGGLE.disable : TOGGLE.enable, { id: d.id });
       onChange(data.enableDestination || data.disableDestination);
     } catch (e) {
-      btn.textContent = verb;
       onError(e);
-    } finally {
-      busy = false;
-      btn.removeAttribute('aria-disabled');
     }
-  });
+  }));
   return btn;
 }
 

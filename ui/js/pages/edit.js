@@ -2,7 +2,7 @@
 // shown next to the fields they name. Edits send only what changed, with `expectedVersion`.
 
 import { gql } from '../api.js';
-import { h, shortId } from '../dom.js';
+import { h, shortId, whileBusy } from '../dom.js';
 import {
   checkbox, clearErrors, errorSummary, field, input, problemsFrom, select, showErrors,
 } from '../form.js';
@@ -235,8 +235,7 @@ export async function editPage(page, { params }) {
       }
       patch.expectedVersion = current.version;
     }
-    submit.disabled = true;
-    submit.textContent = creating ? 'Creating…' : 'Saving…';
+    await whileBusy(submit, creating ? 'Creating…' : 'Saving…', async () => {
     try {
       const data = creating
         ? await gql(CREATE, { input: patch })
@@ -251,10 +250,8 @@ export async function editPage(page, { params }) {
         return p;
       });
       showErrors(form, found);
-    } finally {
-      submit.disabled = false;
-      submit.textContent = creating ? 'Create destination' : 'Save changes';
     }
+    });
   });
 
   form.querySelector('input[name="name"]').focus();

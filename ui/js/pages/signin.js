@@ -1,7 +1,7 @@
 // Sign-in: paste a token. It is checked with `viewer` before it is kept.
 
 import { gql, session } from '../api.js';
-import { h } from '../dom.js';
+import { h, whileBusy } from '../dom.js';
 
 export function signInPage(page, { onSignedIn }) {
   const tokenInput = h('input', {
@@ -41,8 +41,7 @@ export function signInPage(page, { onSignedIn }) {
       showError('Paste a token first.');
       return;
     }
-    submit.disabled = true;
-    submit.textContent = 'Signing in…';
+    await whileBusy(submit, 'Signing in…', async () => {
     try {
       const data = await gql('query Viewer { viewer { tenant subject scopes } }', {}, { token });
       session.set(token);
@@ -50,10 +49,8 @@ export function signInPage(page, { onSignedIn }) {
       onSignedIn(data.viewer);
     } catch (err) {
       showError(err.code === 'UNAUTHENTICATED' ? `The server refused this token: ${err.message}` : err.message);
-    } finally {
-      submit.disabled = false;
-      submit.textContent = 'Sign in';
     }
+    });
   });
 
   page.main.append(form);
