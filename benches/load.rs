@@ -443,6 +443,13 @@ struct Server {
     pg: Option<(String, String)>, // (admin url, database name)
 }
 
+/// The server binary: the one cargo built for this bench, or `HOOKLINE_BENCH_BIN` (to compare
+/// two builds with the same load generator).
+fn server_bin() -> String {
+    std::env::var("HOOKLINE_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_hookline").to_string())
+}
+
 fn free_port() -> Res<u16> {
     let l = StdListener::bind("127.0.0.1:0").map_err(|e| format!("free port: {e}"))?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
@@ -502,7 +509,7 @@ impl Server {
         let log = dir.path().join("server.log");
         let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        let child = Command::new(server_bin())
             .arg("serve")
             .env("HOOKLINE_DATABASE_URL", &url)
             .env("HOOKLINE_DATA_DIR", dir.path())
@@ -514,7 +521,7 @@ impl Server {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", env!("CARGO_BIN_EXE_hookline")))?;
+            .map_err(|e| format!("cannot start {}: {e}", server_bin()))?;
         let mut s = Server {
             pid: child.id().to_string(),
             child,
@@ -1222,7 +1229,7 @@ async fn main_async(args: Args) -> Res<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     println!(
         "hookline load benchmark · binary {} · {} cores · load average {}",
-        env!("CARGO_BIN_EXE_hookline"),
+        server_bin(),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),

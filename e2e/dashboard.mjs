@@ -279,6 +279,22 @@ try {
   await a11y(page, 'destination');
   await shot(page, 'destination', { fullPage: true });
 
+  // ---- edit: errors next to fields, then only the changed fields are sent --------------------
+  await page.getByRole('link', { name: 'Edit' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Edit Orders webhook' }).waitFor();
+  check(await page.getByLabel('Timeout (ms)').inputValue() === '5000', 'edit form prefilled');
+  await page.getByLabel('Timeout (ms)').fill('70000');
+  await page.getByRole('button', { name: 'Save changes' }).click();
+  await page.locator('[data-field="timeoutMs"] .field-error', { hasText: '60000' }).waitFor();
+  await a11y(page, 'edit form');
+  await page.getByLabel('Timeout (ms)').fill('8000');
+  await page.getByLabel('Description').fill('Order events for the fulfilment service (EU).');
+  await page.getByRole('button', { name: 'Save changes' }).click();
+  await page.locator('.flash-msg', { hasText: 'saved' }).waitFor();
+  await page.locator('dl.props dd', { hasText: '8.00 s' }).waitFor();
+  check(await page.getByText('Order events for the fulfilment service (EU).').isVisible(), 'description updated');
+  log('edited: field error shown, then saved');
+
   // ---- destinations list; disable with the keyboard ------------------------------------------
   await page.getByRole('link', { name: 'Destinations', exact: true }).first().click();
   await page.getByRole('heading', { level: 1, name: 'Destinations' }).waitFor();
@@ -298,13 +314,22 @@ try {
   await page.evaluate(() => document.activeElement?.blur());
   await a11y(page, 'destinations');
   await shot(page, 'destinations');
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await a11y(page, 'destinations (dark)');
+  await shot(page, 'destinations-dark');
+  await page.emulateMedia({ colorScheme: 'light' });
   await page.goto(destUrl);
   await page.locator('#destination-status[data-status="DISABLED"]').waitFor();
   log('the destination page shows DISABLED too');
 
-  // Keyboard: the first Tab reaches the skip link.
+  // Keyboard: after a fresh load, the first Tab reaches the skip link.
+  await page.reload();
+  await page.locator('#destination-status[data-status="DISABLED"]').waitFor();
   await page.keyboard.press('Tab');
   check(await page.evaluate(() => document.activeElement?.classList.contains('skip-link')), 'first Tab focuses the skip link');
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await a11y(page, 'destination (dark)');
+  await page.emulateMedia({ colorScheme: 'light' });
 
   // ---- GraphiQL, offline ---------------------------------------------------------------------
   const sub = 'subscription { deliveryAttempts { eventType outcome responseStatus } }';
@@ -317,7 +342,7 @@ try {
   await page.locator('.result-window', { hasText: 'customer.created' }).waitFor();
   log('GraphiQL subscription got the attempt over the WebSocket with the dashboard token');
   await page.locator('.graphiql-execute-button').click(); // stop the subscription
-  const q = '{ viewer { tenant subject scopes } destinations(first: 5) { totalCount nodes { name status } } }';
+  const q = 'query Overview {\n  viewer { tenant subject scopes }\n  destinations(first: 5) {\n    totalCount\n    nodes { name status }\n  }\n}';
   await page.goto(`${base}/graphql?query=${encodeURIComponent(q)}`);
   await page.locator('.graphiql-container').waitFor();
   await page.locator('.graphiql-execute-button').click();

@@ -59,6 +59,21 @@ impl LiveBus {
     }
 }
 
+/// A status change made outside the completion writer (a user switching a destination on or
+/// off), after its row committed: onto this instance's bus and, with PostgreSQL, to the other
+/// instances. Best effort: a failed NOTIFY is logged and never fails the caller.
+pub async fn status_changed(
+    db: &sea_orm::DatabaseConnection,
+    bus: &LiveBus,
+    instance: &str,
+    change: StatusChange,
+) {
+    if let Err(e) = pg::announce(db, instance, &[], std::slice::from_ref(&change)).await {
+        tracing::warn!(error = %e, "could not announce a status change to other instances");
+    }
+    bus.publish(LiveEvent::Status(Arc::new(change)));
+}
+
 /// Cross-instance transport over PostgreSQL LISTEN/NOTIFY. A NOTIFY sent inside a
 /// transaction is delivered only if that transaction commits, which is exactly the "after its
 /// row commits" rule; payloads carry ids, and each receiving instance loads the rows.

@@ -129,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
                 env!("CARGO_PKG_VERSION")
             );
             println!("GraphiQL:  http://{addr}/graphql");
+            println!("Dashboard: http://{addr}/");
             match &started.key_source {
                 KeySource::Generated(p) | KeySource::Stored(p) => {
                     let token = started

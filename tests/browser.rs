@@ -6,6 +6,7 @@
 //! it fails. `HOOKLINE_UPDATE_SCREENSHOTS=1` writes the screenshots to `docs/screenshots/`
 //! (the README's); otherwise they go to `target/e2e-screenshots/`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -106,7 +107,8 @@ async fn dashboard_in_chromium() {
             missing.join(", ")
         );
         assert!(std::env::var_os("CI").is_none(), "CI is set: {msg}");
-        eprintln!("SKIPPED dashboard_in_chromium: {msg}");
+        // Straight to stderr, past the test harness's capture, so the skip is seen.
+        let _ = writeln!(std::io::stderr(), "SKIPPED dashboard_in_chromium: {msg}");
         return;
     }
     hookline::server::install_crypto();
@@ -205,6 +207,7 @@ async fn dashboard_in_chromium() {
     for page in [
         "signin",
         "destinations",
+        "destinations-dark",
         "destination-form",
         "destination",
         "live",

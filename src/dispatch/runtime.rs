@@ -31,6 +31,9 @@ pub struct DestRuntime {
     /// Held while an ordered destination works through a group, so groups run one by one.
     pub fifo: tokio::sync::Mutex<()>,
     pub rate: Option<TokenBucket>,
+    /// A probe of the open circuit is in flight; others wait for `probe_done`.
+    pub probing: std::sync::atomic::AtomicBool,
+    pub probe_done: tokio::sync::Notify,
     /// Deliveries claimed and not yet finished, for the claim back-pressure.
     pub waiting: std::sync::atomic::AtomicUsize,
     /// End of the current batching window, when the destination batches.
@@ -56,6 +59,8 @@ impl DestRuntime {
                 .rate_limit_per_sec
                 .filter(|r| *r > 0)
                 .map(|r| TokenBucket::new(r as f64)),
+            probing: Default::default(),
+            probe_done: tokio::sync::Notify::new(),
             waiting: Default::default(),
             batch_deadline: Mutex::new(None),
         }

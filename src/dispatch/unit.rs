@@ -61,7 +61,10 @@ pub(super) async fn handle_group(
         return;
     }
     let h = rt.health();
-    if let Some(gate) = h.gate.filter(|g| *g > t) {
+    // While a probe is in flight its answer comes within a timeout: the units wait for it in
+    // memory (see `admit_or_wait`) instead of going back to the queue for the reservation.
+    let probing = rt.probing.load(std::sync::atomic::Ordering::Acquire);
+    if let Some(gate) = h.gate.filter(|g| *g > t && !probing) {
         for (c, _) in &live {
             if d.lossy && h.health == Health::Failing {
                 engine.discard(c, "lossy destination is failing");
@@ -130,23 +133,55 @@ fn batch_deadline(
 }
 
 enum Admit {
-    Go { probe: bool },
+    Go {
+        probe: bool,
+    },
     Wait(DateTime<Utc>),
+    /// A probe is in flight: its outcome decides, in moments, whether this may go.
+    AwaitProbe,
 }
 
 /// Whether a request may go now. An open circuit past its probe time lets exactly one
-/// request through (it reserves the gate) and holds the rest.
+/// request through (it reserves the gate) and holds the rest in memory until it answers.
 fn admit(rt: &DestRuntime) -> Admit {
+    use std::sync::atomic::Ordering;
     let mut s = rt.state.lock().unwrap_or_else(|p| p.into_inner());
     let t = now();
     if let Some(g) = s.gate.filter(|g| *g > t) {
+        if rt.probing.load(Ordering::Acquire) {
+            return Admit::AwaitProbe;
+        }
         return Admit::Wait(g);
     }
     if s.health == Health::Failing {
         s.gate = Some(t + PROBE_RESERVATION);
+        rt.probing.store(true, Ordering::Release);
         return Admit::Go { probe: true };
     }
     Admit::Go { probe: false }
+}
+
+/// Admission, waiting out an in-flight probe. `None` when the unit must go back to the
+/// queue (until the given time) instead.
+async fn admit_or_wait(
+    rt: &DestRuntime,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<bool, DateTime<Utc>> {
+    loop {
+        let notified = rt.probe_done.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match admit(rt) {
+            Admit::Go { probe } => return Ok(probe),
+            Admit::Wait(t) => return Err(t),
+            Admit::AwaitProbe => {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = shutdown.cancelled() => return Err(now()),
+                }
+            }
+        }
+    }
 }
 
 async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, unit: Vec<Item>) {
@@ -173,15 +208,15 @@ async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, un
         engine.done(rt, n);
         return;
     };
-    let probe = match admit(rt) {
-        Admit::Wait(t) => {
+    let probe = match admit_or_wait(rt, &st.shutdown).await {
+        Err(t) => {
             for (c, _) in &unit {
                 engine.release(c, Some(t));
             }
             engine.done(rt, n);
             return;
         }
-        Admit::Go { probe } => probe,
+        Ok(probe) => probe,
     };
     let request_id = new_id();
     let (msg_id, body) = build_body(d, &unit, request_id);
@@ -216,9 +251,14 @@ async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, un
             .writer
             .send(WriterMsg::Attempt(Box::new(attempt), update));
     }
-    let health = update_health(engine, rt, d, &outcome, any_retry, finished_at);
-    if probe && health.health == Health::Active {
-        tracing::info!(destination = %d.id, "circuit closed after a successful probe");
+    let health = update_health(engine, rt, d, &outcome, any_retry, finished_at, probe);
+    if probe {
+        if health.health == Health::Active {
+            tracing::info!(destination = %d.id, "circuit closed after a successful probe");
+        }
+        rt.probing
+            .store(false, std::sync::atomic::Ordering::Release);
+        rt.probe_done.notify_waiters();
     }
     engine.done(rt, n);
 }
@@ -332,6 +372,7 @@ fn update_health(
     o: &Outcome,
     retry_at: Option<DateTime<Utc>>,
     t: DateTime<Utc>,
+    probe: bool,
 ) -> HealthState {
     let before = rt.health();
     let result = if o.success() {
@@ -343,11 +384,28 @@ fn update_health(
             retry_scheduled: retry_at.is_some(),
         }
     };
-    let tr = circuit::after_attempt(before.health, before.consecutive_failures, result);
-    let mut gate = tr
-        .pause_for
-        .and_then(|p| TimeDelta::from_std(p).ok())
-        .map(|p| t + p);
+    // A failure of a request that left before the circuit opened is not a failed probe: it
+    // must neither push the probe further out nor climb the probe ladder.
+    let stray_failure = before.health == Health::Failing
+        && !probe
+        && matches!(result, AttemptResult::Failure { .. });
+    let tr = if stray_failure {
+        circuit::Transition {
+            health: Health::Failing,
+            consecutive_failures: before.consecutive_failures,
+            pause_for: None,
+            disable: false,
+        }
+    } else {
+        circuit::after_attempt(before.health, before.consecutive_failures, result)
+    };
+    let mut gate = if stray_failure {
+        before.gate
+    } else {
+        tr.pause_for
+            .and_then(|p| TimeDelta::from_std(p).ok())
+            .map(|p| t + p)
+    };
     // FIFO: nothing overtakes a head that waits for its retry.
     if d.ordered && gate.is_none() {
         gate = retry_at;

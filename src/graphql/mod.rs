@@ -72,6 +72,7 @@ pub fn build_schema(state: AppState) -> AppSchema {
     let limits = state.config.limits.clone();
     Schema::build(Query, Mutation, Subscription)
         .data(loaders::Loaders::new(state.db.clone()))
+        .extension(loaders::HoldBatches)
         .data(state)
         .limit_depth(limits.max_query_depth)
         .limit_complexity(limits.max_query_complexity)

@@ -51,9 +51,12 @@ impl Mutation {
         let id = parse_id("id", &id)?;
         let st = state(ctx)?;
         let (patch, expected) = input.into_patch();
-        Ok(Destination(
-            destinations::update(&st.db.write, &st.cipher, p, id, patch, expected).await?,
-        ))
+        let switched = patch.enabled.is_some();
+        let d = destinations::update(&st.db.write, &st.cipher, p, id, patch, expected).await?;
+        if switched {
+            enabled_changed(st, &d).await;
+        }
+        Ok(Destination(d))
     }
 
     /// Soft delete: hidden from reads, name freed, pending deliveries discarded. Returns the id.
@@ -69,18 +72,18 @@ impl Mutation {
         let p = require(ctx, Scope::Write)?;
         let id = parse_id("id", &id)?;
         let st = state(ctx)?;
-        Ok(Destination(
-            destinations::set_enabled(&st.db.write, &st.cipher, p, id, true).await?,
-        ))
+        let d = destinations::set_enabled(&st.db.write, &st.cipher, p, id, true).await?;
+        enabled_changed(st, &d).await;
+        Ok(Destination(d))
     }
 
     async fn disable_destination(&self, ctx: &Context<'_>, id: ID) -> Result<Destination> {
         let p = require(ctx, Scope::Write)?;
         let id = parse_id("id", &id)?;
         let st = state(ctx)?;
-        Ok(Destination(
-            destinations::set_enabled(&st.db.write, &st.cipher, p, id, false).await?,
-        ))
+        let d = destinations::set_enabled(&st.db.write, &st.cipher, p, id, false).await?;
+        enabled_changed(st, &d).await;
+        Ok(Destination(d))
     }
 
     /// A new signing secret (generated unless given). The previous one keeps signing, as a
@@ -219,4 +222,17 @@ impl Mutation {
             crate::dispatch::send_test_event(st, p, id).await?,
         ))
     }
+}
+
+/// Live subscribers hear about a user switching a destination on or off, as they do about
+/// health changes.
+async fn enabled_changed(st: &crate::state::AppState, d: &entity::destination::Model) {
+    let change = crate::live::StatusChange {
+        tenant_id: d.tenant_id.clone(),
+        destination_id: d.id,
+        status: d.status.clone(),
+        enabled: d.enabled,
+        at: crate::service::now(),
+    };
+    crate::live::status_changed(&st.db.write, &st.live, &st.instance_id, change).await;
 }

@@ -849,6 +849,101 @@ both!(event_subscriptions_crud, |backend| async move {
     assert_eq!(c, "NOT_FOUND");
 });
 
+const SETTINGS: &str = "id name displayName description url enabled status signingScheme
+  signatureHeader signingSecret httpAuth headers { name value } timeoutMs payloadFormat batchSize
+  batchWindowMs rateLimitPerSec maxInFlight ordered retrySchedule maxAttempts discardAfterSecs
+  lossy tlsVerify version updatedBy eventSubscriptions { eventTypes eventsPolicy minLevel }";
+
+/// `got` has every key of `want` with the same value.
+fn assert_has(got: &Value, want: &Value) {
+    for (k, v) in want.as_object().unwrap() {
+        assert_eq!(&got[k], v, "{k} in {got:#}");
+    }
+}
+
+both!(every_setting_round_trips, |backend| async move {
+    let s = Server::start(backend).await;
+    let t = token("acme", "read write");
+    let create = format!(
+        "mutation($input: CreateDestinationInput!) {{ createDestination(input: $input) {{ {SETTINGS} }} }}"
+    );
+    let update = format!(
+        "mutation($id: ID!, $input: UpdateDestinationInput!) {{
+           updateDestination(id: $id, input: $input) {{ {SETTINGS} }} }}"
+    );
+    let get = format!("query($id: ID!) {{ destination(id: $id) {{ {SETTINGS} }} }}");
+
+    // Every setting, none at its default.
+    let input = json!({
+        "name": "every", "url": "https://example.com/every", "displayName": "Every",
+        "description": "all of them", "enabled": false,
+        "eventTypes": ["a.*"], "eventsPolicy": "EXCLUDE", "minLevel": "ERROR",
+        "signingScheme": "HMAC_SHA256_HEX", "signatureHeader": "X-Sig",
+        "signingSecret": "hex-secret-1",
+        "httpAuth": {"bearer": {"token": "tok-1"}},
+        "headers": [{"name": "X-One", "value": "1"}, {"name": "X-Two", "value": "2"}],
+        "timeoutMs": 2500, "payloadFormat": "RAW", "batchSize": 10, "batchWindowMs": 500,
+        "rateLimitPerSec": 50, "maxInFlight": 4, "ordered": true, "retrySchedule": [1, 2, 3],
+        "maxAttempts": 4, "discardAfterSecs": 3600, "lossy": true, "tlsVerify": false,
+    });
+    let d = s.ok(&t, &create, json!({"input": input})).await["createDestination"].clone();
+    let id = d["id"].as_str().unwrap().to_string();
+    let mut want = input.clone();
+    for k in ["eventTypes", "eventsPolicy", "minLevel"] {
+        want.as_object_mut().unwrap().remove(k);
+    }
+    want["httpAuth"] = json!("BEARER");
+    want["status"] = json!("DISABLED");
+    want["version"] = json!(1);
+    assert_has(&d, &want);
+    assert_eq!(
+        d["eventSubscriptions"],
+        json!([{"eventTypes": ["a.*"], "eventsPolicy": "EXCLUDE", "minLevel": "ERROR"}])
+    );
+    assert_eq!(s.ok(&t, &get, json!({"id": id})).await["destination"], d);
+
+    // Every setting changed in one update.
+    let change = json!({
+        "name": "every-2", "url": "http://example.org/other", "displayName": "Every 2",
+        "description": "changed", "enabled": true,
+        "signingScheme": "HMAC_SHA256_BASE64", "signatureHeader": "X-Sig-2",
+        "signingSecret": "b64-secret-2",
+        "httpAuth": {"basic": {"username": "u", "password": "p"}},
+        "headers": [{"name": "X-Three", "value": "3"}],
+        "timeoutMs": 60000, "payloadFormat": "ENVELOPE", "batchSize": 1, "batchWindowMs": 0,
+        "rateLimitPerSec": 7, "maxInFlight": 1, "ordered": false, "retrySchedule": [0],
+        "maxAttempts": 1, "discardAfterSecs": 60, "lossy": false, "tlsVerify": true,
+    });
+    let d2 =
+        s.ok(&t, &update, json!({"id": id, "input": change})).await["updateDestination"].clone();
+    let mut want = change.clone();
+    want["httpAuth"] = json!("BASIC");
+    want["status"] = json!("ACTIVE");
+    want["version"] = json!(2);
+    assert_has(&d2, &want);
+    assert_eq!(d2["eventSubscriptions"], d["eventSubscriptions"]);
+    assert_eq!(s.ok(&t, &get, json!({"id": id})).await["destination"], d2);
+
+    // `null` clears every nullable setting; nothing else moves.
+    let clear = json!({"displayName": null, "description": null, "signatureHeader": null,
+                       "httpAuth": null, "rateLimitPerSec": null, "discardAfterSecs": null});
+    let d3 =
+        s.ok(&t, &update, json!({"id": id, "input": clear})).await["updateDestination"].clone();
+    let mut want = d2.clone();
+    for k in [
+        "displayName",
+        "description",
+        "signatureHeader",
+        "rateLimitPerSec",
+        "discardAfterSecs",
+    ] {
+        want[k] = Value::Null;
+    }
+    want["httpAuth"] = json!("NONE");
+    want["version"] = json!(3);
+    assert_eq!(d3, want);
+});
+
 fn code(r: &Value) -> &str {
     r["errors"][0]["extensions"]["code"].as_str().unwrap_or("")
 }

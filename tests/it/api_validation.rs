@@ -378,6 +378,22 @@ both!(validation_duplicate_name, |backend| async move {
         .ok(&t, UPDATE, json!({"id": other, "input": {"name": "other"}}))
         .await;
     assert_eq!(r["updateDestination"]["version"], 2);
+
+    // Racing creations of one name: exactly one wins, the others are CONFLICT (not INTERNAL).
+    let tries = (0..5).map(|i| {
+        let (s, t) = (&s, &t);
+        async move {
+            let input = json!({"name": "raced", "url": format!("https://example.com/{i}")});
+            s.gql(Some(t), CREATE_DEST, json!({"input": input})).await
+        }
+    });
+    let results = futures_util::future::join_all(tries).await;
+    let ok = results.iter().filter(|r| r.get("errors").is_none()).count();
+    assert_eq!(ok, 1, "{results:#?}");
+    for r in results.iter().filter(|r| r.get("errors").is_some()) {
+        assert_eq!(r["errors"][0]["extensions"]["code"], "CONFLICT", "{r:#}");
+    }
+    assert_eq!(count(&s, &t).await, 3);
 });
 
 both!(validation_subscription_refusals, |backend| async move {

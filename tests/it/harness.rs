@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret";
+pub const ENCRYPTION_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
 /// Which database a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +113,8 @@ pub fn test_config(db: &TestDb) -> Config {
     let mut cfg = Config::with_data_dir(db.dir.path());
     cfg.database_url = db.url.clone();
     cfg.jwt_secret = Some(SECRET.into());
+    // Instances sharing a database must share the key that seals secrets at rest.
+    cfg.encryption_key = Some(ENCRYPTION_KEY.into());
     cfg.allow_private_targets = true;
     cfg.dispatch.poll_interval = Duration::from_millis(200);
     cfg

@@ -34,12 +34,11 @@ const PAGE: &str = "query($n: Int!) { deliveries(first: $n) { edges { node {
   attempts { id outcome }
 } } } }";
 
-/// The same page, and each destination's subscriptions and statistics too.
-const RICH: &str = "query($n: Int!) { deliveries(first: $n) { edges { node {
-  id status
-  event { id type }
-  destination { id name eventSubscriptions { id eventTypes } stats { totalAttempts pendingDeliveries } }
-  attempts { id outcome }
+/// A page of destinations with their subscriptions and statistics.
+const DESTS: &str = "query($n: Int!) { destinations(first: $n) { edges { node {
+  id name
+  eventSubscriptions { id eventTypes }
+  stats { totalAttempts successRate pendingDeliveries }
 } } } }";
 
 both!(
@@ -138,42 +137,60 @@ both!(
             async move {
                 log.lock().unwrap().clear();
                 let d = exec(counted, p, query, json!({"n": n})).await;
-                let edges = d["deliveries"]["edges"].as_array().unwrap().clone();
-                assert_eq!(edges.len(), n);
-                for e in &edges {
-                    let node = &e["node"];
-                    assert!(node["event"]["id"].is_string(), "{node}");
-                    assert!(node["event"]["type"].is_string(), "{node}");
-                    let dest = node["destination"]["name"].as_str().unwrap();
-                    let want = if dest == "a" { 1 } else { 2 };
-                    assert_eq!(node["attempts"].as_array().unwrap().len(), want, "{node}");
-                    if query == RICH {
-                        assert_eq!(
-                            node["destination"]["eventSubscriptions"][0]["eventTypes"],
-                            json!(["*"])
-                        );
-                        let total = node["destination"]["stats"]["totalAttempts"].as_i64();
-                        assert_eq!(total, Some(if dest == "a" { 50 } else { 100 }), "{node}");
-                    }
-                }
-                log.lock().unwrap().clone()
+                let statements = log.lock().unwrap().clone();
+                (d, statements)
             }
         };
 
-        for query in [PAGE, RICH] {
-            let big = statements(query, 100).await;
-            let small = statements(query, 10).await;
-            let one = statements(query, 1).await;
-            assert_eq!(
-                big.len(),
-                small.len(),
-                "100 deliveries: {big:#?}\n10 deliveries: {small:#?}"
-            );
-            assert_eq!(big.len(), one.len(), "100: {big:#?}\n1: {one:#?}");
-            // The page itself, then one statement per relation (stats: destinations, rollups,
-            // pending counts).
-            let bound = if query == PAGE { 4 } else { 8 };
-            assert!(big.len() <= bound, "{} statements: {big:#?}", big.len());
+        // Deliveries with their events, destinations and attempts.
+        for n in [100, 10, 1] {
+            let (d, sql) = statements(PAGE, n).await;
+            let edges = d["deliveries"]["edges"].as_array().unwrap().clone();
+            assert_eq!(edges.len(), n);
+            for e in &edges {
+                let node = &e["node"];
+                assert!(node["event"]["id"].is_string(), "{node}");
+                assert!(node["event"]["type"].is_string(), "{node}");
+                let dest = node["destination"]["name"].as_str().unwrap();
+                let want = if dest == "a" { 1 } else { 2 };
+                assert_eq!(node["attempts"].as_array().unwrap().len(), want, "{node}");
+            }
+            // The page itself, then one statement per relation, whatever the page size.
+            assert_eq!(sql.len(), 4, "{n} deliveries: {sql:#?}");
+        }
+
+        // Destinations with their subscriptions and statistics: twelve of them.
+        for i in 0..10 {
+            exec(
+                &schema,
+                &p,
+                CREATE_DEST,
+                json!({"input": {"name": format!("idle-{i}"), "url": ok_a.url()}}),
+            )
+            .await;
+        }
+        for n in [12, 5, 1] {
+            let (d, sql) = statements(DESTS, n).await;
+            let edges = d["destinations"]["edges"].as_array().unwrap().clone();
+            assert_eq!(edges.len(), n);
+            for e in &edges {
+                let node = &e["node"];
+                assert_eq!(
+                    node["eventSubscriptions"][0]["eventTypes"],
+                    json!(["*"]),
+                    "{node}"
+                );
+                let total = match node["name"].as_str().unwrap() {
+                    "a" => 50,
+                    "b" => 100,
+                    _ => 0,
+                };
+                assert_eq!(node["stats"]["totalAttempts"], total, "{node}");
+                assert_eq!(node["stats"]["pendingDeliveries"], 0, "{node}");
+            }
+            // The page, the subscriptions, and the statistics (the destinations, their
+            // rollups, their pending counts).
+            assert_eq!(sql.len(), 5, "{n} destinations: {sql:#?}");
         }
     }
 );

@@ -100,7 +100,10 @@ both!(stats_and_metrics_match_the_attempts, |backend| async move {
                     e["node"]["attempts"].as_array().unwrap().len() == 1
                         && ["SUCCEEDED", "FAILED"].contains(&e["node"]["status"].as_str().unwrap())
                 })
-                && data["p"]["stats"]["totalAttempts"] == 1;
+                && data["p"]["stats"]["totalAttempts"] == 1
+            // The destination's health is written just after its attempts.
+            && data["p"]["stats"]["lastFailureAt"].is_string()
+            && data["d"]["stats"]["lastFailureAt"].is_string();
             finished.then_some(data)
         },
     )

@@ -411,6 +411,58 @@ both!(status_changes_when_failing_or_gone, |backend| async move {
     assert_eq!(d["g"]["enabled"], false);
 });
 
+// A user switching a destination off and on is a status change too.
+both!(
+    status_changes_when_switched_by_a_user,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let tok = s.token("acme", "read write publish");
+        let ok = Receiver::start().await;
+        let d = create_destination(&s, &tok, json!({"url": ok.url()})).await;
+        let mut sub = subscribe(s.addr, Proto::Transport, &tok, STATUS, json!({"d": d})).await;
+        let rival = s.token("rival", "read");
+        let mut theirs = subscribe(s.addr, Proto::Transport, &rival, STATUS, json!({})).await;
+        let id = json!({"id": d});
+        s.ok(
+            &tok,
+            "mutation($id: ID!) { disableDestination(id: $id) { id } }",
+            id.clone(),
+        )
+        .await;
+        s.ok(
+            &tok,
+            "mutation($id: ID!) { enableDestination(id: $id) { id } }",
+            id.clone(),
+        )
+        .await;
+        s.ok(
+            &tok,
+            "mutation($id: ID!) { updateDestination(id: $id, input: {enabled: false}) { id } }",
+            id.clone(),
+        )
+        .await;
+        let got: Vec<(Value, Value)> = sub
+            .take("1", 3, WAIT)
+            .await
+            .into_iter()
+            .map(|c| {
+                let c = &c["destinationStatusChanged"];
+                assert_eq!(c["destinationId"], d.as_str());
+                (c["enabled"].clone(), c["status"].clone())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (json!(false), json!("DISABLED")),
+                (json!(true), json!("ACTIVE")),
+                (json!(false), json!("DISABLED")),
+            ]
+        );
+        theirs.expect_silence(Duration::from_millis(300)).await;
+    }
+);
+
 // 5. The legacy `graphql-ws` protocol: connection_init / start / data / stop.
 both!(legacy_graphql_ws_protocol, |backend| async move {
     let s = Server::start(backend).await;
@@ -493,6 +545,25 @@ mod two_instances_share_the_live_stream {
         assert_eq!(c["status"], "DISABLED");
         assert_eq!(c["enabled"], false);
         rival_b.expect_silence(Duration::from_millis(500)).await;
+        // A user's switch made through A reaches B too.
+        a.ok(
+            &tok,
+            "mutation($id: ID!) { disableDestination(id: $id) { id } }",
+            json!({"id": d}),
+        )
+        .await;
+        let c = status_b.take("1", 1, WAIT).await[0]["destinationStatusChanged"].clone();
+        assert_eq!(c["destinationId"], d.as_str());
+        assert_eq!(c["enabled"], false);
+        a.ok(
+            &tok,
+            "mutation($id: ID!) { enableDestination(id: $id) { id } }",
+            json!({"id": d}),
+        )
+        .await;
+        let c = status_b.take("1", 1, WAIT).await[0]["destinationStatusChanged"].clone();
+        assert_eq!(c["enabled"], true);
+        assert_eq!(c["status"], "ACTIVE");
 
         // With two dispatching instances, a subscriber on either sees every attempt,
         // whichever instance made it.

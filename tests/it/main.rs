@@ -9,6 +9,8 @@ mod delivery_crash;
 mod delivery_features;
 mod delivery_retry;
 mod delivery_signing;
+mod faults;
+mod fuzz;
 mod harness;
 mod live_backpressure;
 mod live_loaders;

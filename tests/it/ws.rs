@@ -249,8 +249,4 @@ impl WsClient {
             panic!("expected no message, got {m:?}");
         }
     }
-
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-    }
 }

@@ -31,8 +31,9 @@ const routes = [
 let viewer = null;
 let current = null; // { cleanups: [], controller }
 
-/** A message that survives one navigation (e.g. "Destination created"). */
+/** A message that survives one navigation (e.g. "Destination created") and goes at the next. */
 export function flash(text, tone = 'ok') {
+  flash.keep = 1;
   flashBox.replaceChildren(h('p', { class: `flash-msg tone-${tone}` }, text,
     h('button', { type: 'button', class: 'btn-icon', 'aria-label': 'Dismiss message', onclick: () => flashBox.replaceChildren() }, '×')));
   clearTimeout(flash.timer);
@@ -78,6 +79,8 @@ async function loadViewer() {
 
 async function render() {
   teardown();
+  if (flash.keep > 0) flash.keep -= 1;
+  else flashBox.replaceChildren();
   const ctx = {
     cleanups: [],
     controller: new AbortController(),

@@ -163,6 +163,7 @@ export async function destinationPage(page, { params, query }) {
       }
     }));
     const toggle = toggleButton(d, {
+      small: false,
       canWrite: page.canWrite(),
       onError: (e) => note(e.message, 'bad'),
       onChange: (changed) => {
@@ -348,18 +349,18 @@ export async function destinationPage(page, { params, query }) {
         return;
       }
       await whileBusy(submit, 'Replaying…', async () => {
-      try {
-        const n = (await gql(REPLAY, {
-          id,
-          since: new Date(since.value).toISOString(),
-          until: until.value ? new Date(until.value).toISOString() : null,
-          statuses,
-        })).replayDeliveries;
-        note(n === 0 ? 'Nothing to replay in this window.' : `${fmtInt(n)} ${n === 1 ? 'delivery' : 'deliveries'} queued again.`, n ? 'ok' : 'info');
-        refresh();
-      } catch (err) {
-        note(err.message, 'bad');
-      }
+        try {
+          const n = (await gql(REPLAY, {
+            id,
+            since: new Date(since.value).toISOString(),
+            until: until.value ? new Date(until.value).toISOString() : null,
+            statuses,
+          })).replayDeliveries;
+          note(n === 0 ? 'Nothing to replay in this window.' : `${fmtInt(n)} ${n === 1 ? 'delivery' : 'deliveries'} queued again.`, n ? 'ok' : 'info');
+          refresh();
+        } catch (err) {
+          note(err.message, 'bad');
+        }
       });
     });
     replayBox.replaceChildren(form);

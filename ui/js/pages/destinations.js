@@ -32,12 +32,12 @@ const STATUSES = [
 ];
 
 /** The Enable/Disable button; calls `onChange(destination)` with the mutation's answer. */
-export function toggleButton(d, { canWrite, onChange, onError }) {
+export function toggleButton(d, { canWrite, onChange, onError, small = true }) {
   const verb = d.enabled ? 'Disable' : 'Enable';
   const label = d.displayName || d.name;
   const btn = h('button', {
     type: 'button',
-    class: `btn btn-small ${d.enabled ? 'btn-danger-quiet' : ''}`,
+    class: `btn${small ? ' btn-small' : ''}${d.enabled ? ' btn-danger-quiet' : ''}`,
     'aria-label': `${verb} ${label}`,
     'data-action': verb.toLowerCase(),
     disabled: !canWrite,

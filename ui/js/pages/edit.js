@@ -106,7 +106,7 @@ function readForm(form, creating) {
 
 function group(legend, open, ...fields) {
   return h('details', { class: 'form-group', open },
-    h('summary', null, h('span', { class: 'legend' }, legend)),
+    h('summary', null, h('span', { class: 'group-title' }, legend)),
     h('div', { class: 'group-body' }, fields));
 }
 
@@ -236,21 +236,21 @@ export async function editPage(page, { params }) {
       patch.expectedVersion = current.version;
     }
     await whileBusy(submit, creating ? 'Creating…' : 'Saving…', async () => {
-    try {
-      const data = creating
-        ? await gql(CREATE, { input: patch })
-        : await gql(UPDATE, { id, input: patch });
-      const saved = data.createDestination || data.updateDestination;
-      page.flash(creating ? `Destination ${saved.name} created.` : `Destination ${saved.name} saved.`, 'ok');
-      page.navigate(`#/destinations/${encodeURIComponent(saved.id)}`);
-    } catch (err) {
-      const found = problemsFrom(err).map((p) => {
-        if (p.code === 'CONFLICT' && /already exists/.test(p.message)) return { ...p, field: 'name' };
-        if (p.code === 'CONFLICT') return { ...p, message: `${p.message} Reload the page to see the latest version.` };
-        return p;
-      });
-      showErrors(form, found);
-    }
+      try {
+        const data = creating
+          ? await gql(CREATE, { input: patch })
+          : await gql(UPDATE, { id, input: patch });
+        const saved = data.createDestination || data.updateDestination;
+        page.flash(creating ? `Destination ${saved.name} created.` : `Destination ${saved.name} saved.`, 'ok');
+        page.navigate(`#/destinations/${encodeURIComponent(saved.id)}`);
+      } catch (err) {
+        const found = problemsFrom(err).map((p) => {
+          if (p.code === 'CONFLICT' && /already exists/.test(p.message)) return { ...p, field: 'name' };
+          if (p.code === 'CONFLICT') return { ...p, message: `${p.message} Reload the page to see the latest version.` };
+          return p;
+        });
+        showErrors(form, found);
+      }
     });
   });
 

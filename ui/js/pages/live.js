@@ -52,7 +52,7 @@ export async function livePage(page, { query }) {
     h('div', { class: 'field' }, h('label', { for: 'live-outcome' }, 'Outcome'), outcomeSelect),
     h('div', { class: 'field' }, h('label', { for: 'live-event-type' }, 'Event type'), typeInput,
       h('p', { class: 'hint', id: 'live-type-hint' }, 'Exact name; press Enter to apply.')),
-    h('div', { class: 'field buttons' }, pauseBtn, clearBtn));
+    h('div', { class: 'buttons' }, pauseBtn, clearBtn));
 
   const tbody = h('tbody', { id: 'live-rows' });
   const table = h('table', { class: 'data live', id: 'live-table' },

@@ -3,6 +3,24 @@
 import { gql, session } from '../api.js';
 import { h, whileBusy } from '../dom.js';
 
+/**
+ * Accepts the token itself, `Bearer <token>`, or the `{"Authorization": "Bearer <token>"}`
+ * header line that the server prints at start-up.
+ */
+function tokenFrom(raw) {
+  let text = raw.trim();
+  if (text.startsWith('{')) {
+    try {
+      const obj = JSON.parse(text);
+      const key = Object.keys(obj).find((k) => k.toLowerCase() === 'authorization');
+      if (key && typeof obj[key] === 'string') text = obj[key].trim();
+    } catch {
+      // not JSON: use as typed
+    }
+  }
+  return text.replace(/^Bearer\s+/i, '');
+}
+
 export function signInPage(page, { onSignedIn }) {
   const tokenInput = h('input', {
     id: 'token',
@@ -19,7 +37,8 @@ export function signInPage(page, { onSignedIn }) {
     h('h1', { id: 'signin-title' }, 'Sign in'),
     h('p', null, 'Paste an API token (a JWT signed with the server\'s key). Mint one with ',
       h('code', null, 'hookline token --tenant acme --scope "read write publish"'),
-      '; on its first start without a configured key the server prints a development token.'),
+      '. The development token the server prints at start-up works too, with or without its ',
+      h('code', null, '{"Authorization": "Bearer …"}'), ' wrapping.'),
     h('div', { class: 'field', 'data-field': 'token' },
       h('label', { for: 'token' }, 'API token'),
       tokenInput,
@@ -29,7 +48,7 @@ export function signInPage(page, { onSignedIn }) {
 
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
-    const token = tokenInput.value.trim().replace(/^Bearer\s+/i, '');
+    const token = tokenFrom(tokenInput.value);
     const showError = (msg) => {
       error.textContent = msg;
       error.hidden = false;
@@ -42,14 +61,14 @@ export function signInPage(page, { onSignedIn }) {
       return;
     }
     await whileBusy(submit, 'Signing in…', async () => {
-    try {
-      const data = await gql('query Viewer { viewer { tenant subject scopes } }', {}, { token });
-      session.set(token);
-      tokenInput.value = '';
-      onSignedIn(data.viewer);
-    } catch (err) {
-      showError(err.code === 'UNAUTHENTICATED' ? `The server refused this token: ${err.message}` : err.message);
-    }
+      try {
+        const data = await gql('query Viewer { viewer { tenant subject scopes } }', {}, { token });
+        session.set(token);
+        tokenInput.value = '';
+        onSignedIn(data.viewer);
+      } catch (err) {
+        showError(err.code === 'UNAUTHENTICATED' ? `The server refused this token: ${err.message}` : err.message);
+      }
     });
   });
 
