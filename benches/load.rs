@@ -517,6 +517,9 @@ impl Server {
             .env("HOOKLINE_LISTEN", format!("127.0.0.1:{port}"))
             .env("HOOKLINE_ALLOW_PRIVATE_TARGETS", "true")
             .env("HOOKLINE_LOG", "warn")
+            // The per-tenant publish limit (default 20 000/s) would turn the first burst of 32
+            // concurrent publishes into RATE_LIMITED errors; a load test measures without it.
+            .env("HOOKLINE_PUBLISH_RATE_PER_TENANT", "0")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
