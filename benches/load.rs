@@ -298,10 +298,10 @@ fn pg_processes(db_name: &str) -> Vec<(String, f64)> {
         ]
         .iter()
         .any(|h| cmd.contains(h));
-        if ours || helper {
-            if let Some(c) = cpu_secs(&pid) {
-                out.push((pid, c));
-            }
+        if (ours || helper)
+            && let Some(c) = cpu_secs(&pid)
+        {
+            out.push((pid, c));
         }
     }
     out
@@ -588,15 +588,14 @@ impl Server {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        if let Some((admin, name)) = self.pg.take() {
-            if let Err(e) = pg_exec(
+        if let Some((admin, name)) = self.pg.take()
+            && let Err(e) = pg_exec(
                 &admin,
                 &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
             )
             .await
-            {
-                eprintln!("warning: could not drop {name}: {e}");
-            }
+        {
+            eprintln!("warning: could not drop {name}: {e}");
         }
     }
 }

@@ -117,6 +117,36 @@ impl Cipher {
     }
 }
 
+/// The cipher from configuration: a configured key (plus previous ones), or a key generated
+/// on first start into `data_dir/encryption-key` and reused afterwards.
+pub fn from_config(
+    key: Option<&str>,
+    previous: &[String],
+    data_dir: &std::path::Path,
+) -> Result<Cipher, String> {
+    let previous = previous
+        .iter()
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| parse_key(k).map_err(|e| format!("HOOKLINE_ENCRYPTION_KEYS_PREVIOUS: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(k) = key {
+        let k = parse_key(k).map_err(|e| format!("HOOKLINE_ENCRYPTION_KEY: {e}"))?;
+        return Ok(Cipher::new(&k, &previous));
+    }
+    let path = data_dir.join("encryption-key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let k = parse_key(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok(Cipher::new(&k, &previous));
+    }
+    let mut k = [0u8; 32];
+    rand::fill(&mut k);
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    crate::auth::write_private(&path, &hex::encode(k))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(Cipher::new(&k, &previous))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,34 +189,4 @@ mod tests {
         assert!(parse_key("short").is_err());
         assert!(format!("{:?}", Cipher::new(&[3u8; 32], &[])).starts_with("Cipher(key "));
     }
-}
-
-/// The cipher from configuration: a configured key (plus previous ones), or a key generated
-/// on first start into `data_dir/encryption-key` and reused afterwards.
-pub fn from_config(
-    key: Option<&str>,
-    previous: &[String],
-    data_dir: &std::path::Path,
-) -> Result<Cipher, String> {
-    let previous = previous
-        .iter()
-        .filter(|k| !k.trim().is_empty())
-        .map(|k| parse_key(k).map_err(|e| format!("HOOKLINE_ENCRYPTION_KEYS_PREVIOUS: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(k) = key {
-        let k = parse_key(k).map_err(|e| format!("HOOKLINE_ENCRYPTION_KEY: {e}"))?;
-        return Ok(Cipher::new(&k, &previous));
-    }
-    let path = data_dir.join("encryption-key");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let k = parse_key(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        return Ok(Cipher::new(&k, &previous));
-    }
-    let mut k = [0u8; 32];
-    rand::fill(&mut k);
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-    crate::auth::write_private(&path, &hex::encode(k))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(Cipher::new(&k, &previous))
 }

@@ -46,14 +46,12 @@ pub async fn connect(cfg: &Config) -> Result<Db, DbErr> {
             write: pool,
         });
     }
-    if let Some(path) = sqlite_path(&cfg.database_url) {
-        if let Some(parent) = std::path::Path::new(path).parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    DbErr::Custom(format!("cannot create {}: {e}", parent.display()))
-                })?;
-            }
-        }
+    if let Some(path) = sqlite_path(&cfg.database_url)
+        && let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", parent.display())))?;
     }
     let synchronous = if cfg.sqlite_synchronous == "FULL" {
         SqliteSynchronous::Full
@@ -98,19 +96,6 @@ fn sqlite_path(url: &str) -> Option<&str> {
     (!path.is_empty() && path != ":memory:").then_some(path)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sqlite_path() {
-        assert_eq!(
-            super::sqlite_path("sqlite://data/h.db?mode=rwc"),
-            Some("data/h.db")
-        );
-        assert_eq!(super::sqlite_path("sqlite::memory:"), None);
-        assert_eq!(super::sqlite_path("postgres://x"), None);
-    }
-}
-
 /// A raw statement written with PostgreSQL's `$1, $2…` placeholders, rewritten to SQLite's
 /// numbered `?1, ?2…` when needed: the SQL text stays one string for both backends.
 pub fn raw(
@@ -124,4 +109,17 @@ pub fn raw(
         sql.replace('$', "?")
     };
     sea_orm::Statement::from_sql_and_values(backend, sql, values)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sqlite_path() {
+        assert_eq!(
+            super::sqlite_path("sqlite://data/h.db?mode=rwc"),
+            Some("data/h.db")
+        );
+        assert_eq!(super::sqlite_path("sqlite::memory:"), None);
+        assert_eq!(super::sqlite_path("postgres://x"), None);
+    }
 }

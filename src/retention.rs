@@ -44,22 +44,21 @@ pub async fn purge(
     let cutoff = uuid_floor(at - TimeDelta::from_std(keep).unwrap_or(TimeDelta::days(30)));
     let payload_cutoff =
         uuid_floor(at - TimeDelta::from_std(keep_payloads).unwrap_or(TimeDelta::days(30)));
-    let mut p = Purged::default();
-    p.attempts = batches(
+    let attempts = batches(
         db,
         "DELETE FROM delivery_attempt WHERE id IN \
          (SELECT id FROM delivery_attempt WHERE id < $1 LIMIT $2)",
         cutoff,
     )
     .await?;
-    p.deliveries = batches(
+    let deliveries = batches(
         db,
         "DELETE FROM delivery WHERE id IN (SELECT id FROM delivery WHERE id < $1 \
          AND status IN ('SUCCEEDED', 'FAILED', 'DISCARDED') LIMIT $2)",
         cutoff,
     )
     .await?;
-    p.events = batches(
+    let events = batches(
         db,
         "DELETE FROM event WHERE id IN (SELECT e.id FROM event e WHERE e.id < $1 \
          AND NOT EXISTS (SELECT 1 FROM delivery d WHERE d.event_id = e.id) LIMIT $2)",
@@ -67,7 +66,7 @@ pub async fn purge(
     )
     .await?;
     // A payload is blanked only once nothing still needs to send it.
-    p.payloads = batches(
+    let payloads = batches(
         db,
         "UPDATE event SET payload = 'null' WHERE id IN (SELECT e.id FROM event e \
          WHERE e.id < $1 AND e.payload <> 'null' AND NOT EXISTS (SELECT 1 FROM delivery d \
@@ -76,7 +75,12 @@ pub async fn purge(
         payload_cutoff,
     )
     .await?;
-    Ok(p)
+    Ok(Purged {
+        attempts,
+        deliveries,
+        events,
+        payloads,
+    })
 }
 
 async fn batches(db: &DatabaseConnection, sql: &str, cutoff: Uuid) -> Result<u64, DbErr> {

@@ -271,11 +271,12 @@ async fn write_deliveries(db: &impl ConnectionTrait, ups: &[DeliveryUpdate]) -> 
     let t = now();
     let mut groups: HashMap<(i32, i32), Vec<Uuid>> = HashMap::new();
     for u in ups {
-        if u.status == "SUCCEEDED" && u.last_error.is_none() {
-            if let (Some(code), Some(n)) = (u.last_status_code, u.attempt_count) {
-                groups.entry((code, n)).or_default().push(u.id);
-                continue;
-            }
+        if u.status == "SUCCEEDED"
+            && u.last_error.is_none()
+            && let (Some(code), Some(n)) = (u.last_status_code, u.attempt_count)
+        {
+            groups.entry((code, n)).or_default().push(u.id);
+            continue;
         }
         let mut q = delivery::Entity::update_many()
             .col_expr(delivery::Column::Status, Expr::value(u.status))

@@ -79,7 +79,7 @@ impl AttemptErrorKind {
 }
 
 fn loaders<'a>(ctx: &Context<'a>) -> Result<&'a Loaders> {
-    Ok(ctx.data::<Loaders>()?)
+    ctx.data::<Loaders>()
 }
 
 fn load_err(e: std::sync::Arc<sea_orm::DbErr>) -> AppError {

@@ -522,13 +522,13 @@ pub async fn update<C: ConnectionTrait>(
     expected_version: Option<i32>,
 ) -> AppResult<destination::Model> {
     let mut m = get_required(db, p, id).await?;
-    if let Some(v) = expected_version {
-        if v != m.version {
-            return Err(AppError::Conflict(format!(
-                "expectedVersion {v} is stale: the destination is at version {}",
-                m.version
-            )));
-        }
+    if let Some(v) = expected_version
+        && v != m.version
+    {
+        return Err(AppError::Conflict(format!(
+            "expectedVersion {v} is stale: the destination is at version {}",
+            m.version
+        )));
     }
     let was_enabled = m.enabled;
     let read_version = m.version;

@@ -227,15 +227,15 @@ async fn plan_and_write(db: &DatabaseConnection, jobs: &[Job]) -> AppResult<Vec<
     let mut results = Vec::with_capacity(jobs.len());
     let mut plans: Vec<Plan> = Vec::new();
     for job in jobs {
-        if let Some(key) = &job.event.idempotency_key {
-            if let Some(e) = existing.get(&(job.tenant.as_str(), key.clone())) {
-                results.push(Published {
-                    event: e.clone(),
-                    created: false,
-                    deliveries: 0,
-                });
-                continue;
-            }
+        if let Some(key) = &job.event.idempotency_key
+            && let Some(e) = existing.get(&(job.tenant.as_str(), key.clone()))
+        {
+            results.push(Published {
+                event: e.clone(),
+                created: false,
+                deliveries: 0,
+            });
+            continue;
         }
         let plan = plan(&job.tenant, &job.event, &rules[job.tenant.as_str()], t);
         if let Some(key) = &job.event.idempotency_key {

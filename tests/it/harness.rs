@@ -166,10 +166,10 @@ impl Server {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await
+                && r.status().is_success()
+            {
+                return;
             }
             assert!(Instant::now() < deadline, "server never became ready");
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -189,14 +189,14 @@ impl Server {
             t.await.expect("server task").expect("server result");
         }
         // Move the database out so a test can restart on it.
-        let db = std::mem::replace(
+
+        std::mem::replace(
             &mut self.db,
             TestDb {
                 url: String::new(),
                 dir: tempfile::tempdir().expect("tempdir"),
             },
-        );
-        db
+        )
     }
 
     pub fn token(&self, tenant: &str, scopes: &str) -> String {

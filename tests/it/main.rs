@@ -16,5 +16,6 @@ mod live_backpressure;
 mod live_loaders;
 mod live_stats;
 mod live_ws;
+mod retention;
 mod schema;
 mod ws;
