@@ -16,6 +16,7 @@ mod live_backpressure;
 mod live_loaders;
 mod live_stats;
 mod live_ws;
+mod ops;
 mod retention;
 mod schema;
 mod ws;

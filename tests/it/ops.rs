@@ -1,0 +1,160 @@
+//! Operations: Prometheus metrics, `hookline doctor`, encryption-key rotation.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_deliveries_queue_and_errors() {
+    let s = Server::start(Backend::Sqlite).await;
+    let t = token("metrics", "admin");
+    let r = Receiver::start().await;
+    let dest = create_destination(&s, &t, json!({"url": r.url()})).await;
+    publish(&s, &t, "m.e", json!({})).await;
+    wait_status(&s, &t, &dest, 1, "SUCCEEDED", Duration::from_secs(10)).await;
+    // A refused request shows up among errors by code.
+    let _ = s
+        .err_code(
+            Some(&t),
+            "{ destinations(first: 1000) { totalCount } }",
+            json!({}),
+        )
+        .await;
+    let text = eventually(
+        Duration::from_secs(10),
+        "metrics with the attempt",
+        || async {
+            let text = s
+                .http
+                .get(s.url("/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains("hookline_attempts_total{outcome=\"success\"}")
+                .then_some(text)
+        },
+    )
+    .await;
+    for name in [
+        "hookline_attempt_duration_seconds_bucket",
+        "hookline_queue_due",
+        "hookline_queue_scheduled",
+        "hookline_circuit_open_destinations",
+        "hookline_events_published_total",
+        "hookline_graphql_request_duration_seconds_bucket",
+        "hookline_graphql_errors_total{code=\"BAD_USER_INPUT\"}",
+        "hookline_live_subscribers",
+    ] {
+        assert!(text.contains(name), "missing {name} in:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reports_and_fails_on_an_unmigrated_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("d.db").display());
+    let doctor = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+            .arg("doctor")
+            .env("HOOKLINE_DATABASE_URL", &url)
+            .env("HOOKLINE_DATA_DIR", dir.path())
+            .output()
+            .unwrap()
+    };
+    let before = doctor();
+    assert!(!before.status.success(), "unmigrated database must fail");
+    assert!(String::from_utf8_lossy(&before.stdout).contains("FAIL  migrations"));
+    let migrate = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .arg("migrate")
+        .env("HOOKLINE_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(migrate.status.success());
+    let after = doctor();
+    let out = String::from_utf8_lossy(&after.stdout);
+    assert!(after.status.success(), "{out}");
+    for line in [
+        "OK    database",
+        "OK    migrations",
+        "OK    queue",
+        "OK    dispatcher",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encryption_key_rotation_reseals_and_keeps_signing() {
+    const NEW_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    let s = Server::start(Backend::Sqlite).await;
+    let t = token("rot", "admin");
+    let r = Receiver::start().await;
+    let dest = create_destination(
+        &s,
+        &t,
+        json!({"url": r.url(), "httpAuth": {"bearer": {"token": "bearer-under-rotation"}}}),
+    )
+    .await;
+    let secret = destination_state(&s, &t, &dest).await["signingSecret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let db = s.stop().await;
+    let raw = |db: &TestDb| {
+        let url = db.url.clone();
+        async move {
+            use sea_orm::ConnectionTrait;
+            let conn = sea_orm::Database::connect(&url).await.unwrap();
+            let row = conn
+                .query_one_raw(sea_orm::Statement::from_string(
+                    conn.get_database_backend(),
+                    "SELECT signing_secret, http_auth FROM destination",
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            let a: String = row.try_get("", "signing_secret").unwrap();
+            let b: String = row.try_get("", "http_auth").unwrap();
+            (a, b)
+        }
+    };
+    let (sealed_before, _) = raw(&db).await;
+    assert!(sealed_before.starts_with("enc:v1:"));
+    assert!(!sealed_before.contains(&secret[6..]));
+    // Restart with a new key, the old one kept for opening.
+    let mut cfg = test_config(&db);
+    cfg.encryption_key = Some(NEW_KEY.into());
+    cfg.encryption_keys_previous = vec![ENCRYPTION_KEY.into()];
+    let s = Server::start_on(db, cfg).await;
+    let (sealed_after, auth_after) = raw(&s.db).await;
+    assert_ne!(
+        sealed_after, sealed_before,
+        "rows re-sealed under the new key"
+    );
+    assert_ne!(
+        sealed_after.split(':').nth(2),
+        sealed_before.split(':').nth(2),
+        "a different key id"
+    );
+    assert!(auth_after.starts_with("enc:v1:"));
+    // The secret reads the same and deliveries still carry the right signature and auth.
+    assert_eq!(
+        destination_state(&s, &t, &dest).await["signingSecret"],
+        secret
+    );
+    publish(&s, &t, "rot.e", json!({"a": 1})).await;
+    let got = r.wait_for(1, Duration::from_secs(10)).await;
+    standardwebhooks::Webhook::new(&secret)
+        .unwrap()
+        .verify(&got[0].body, &got[0].headers)
+        .expect("signature verifies");
+    assert_eq!(
+        got[0].header("authorization").as_deref(),
+        Some("Bearer bearer-under-rotation")
+    );
+}
