@@ -154,6 +154,9 @@ fn router(http: Http) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(crate::ui::router())
         .layer(DefaultBodyLimit::max(max_body))
+        // The GraphQL extractor streams the body itself, past DefaultBodyLimit: this layer
+        // answers 413 to any request larger than the limit.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .with_state(http)
 }
 

@@ -12,6 +12,7 @@ mod delivery_signing;
 mod faults;
 mod fuzz;
 mod harness;
+mod limits;
 mod live_backpressure;
 mod live_loaders;
 mod live_stats;
