@@ -65,11 +65,19 @@ pub async fn claim(
             .collect();
         format!(" AND destination_id NOT IN ({})", marks.join(", "))
     };
+    // PostgreSQL: `id = ANY(ARRAY(subquery))` makes the chosen ids one value that the outer
+    // UPDATE looks up through the primary key. With `id IN (subquery)` the planner often
+    // picks a hash join over a sequential scan of the whole queue (always, before the table
+    // has statistics), so every claim cost O(queue size) — measured in BENCHMARKS.md.
+    let (open, close) = match backend {
+        DbBackend::Postgres => ("= ANY(ARRAY(", "))"),
+        _ => ("IN (", ")"),
+    };
     let sql = format!(
         "UPDATE delivery SET status = 'DELIVERING', lease_until = {lease}, \
          next_attempt_at = {lease}, lease_owner = {owner} \
-         WHERE id IN (SELECT id FROM delivery WHERE next_attempt_at <= {now}{skip} \
-         ORDER BY next_attempt_at, id LIMIT {limit}{lock}) \
+         WHERE id {open}SELECT id FROM delivery WHERE next_attempt_at <= {now}{skip} \
+         ORDER BY next_attempt_at, id LIMIT {limit}{lock}{close} \
          RETURNING id, tenant_id, event_id, destination_id, event_type, attempt_count, created_at",
         lease = p[0],
         owner = p[1],

@@ -266,18 +266,43 @@ fn merge_health(prev: &mut HealthUpdate, next: HealthUpdate) {
     };
 }
 
-/// Successes of a flush share one statement per status code; the rest go one by one.
+/// Updates with the same values share one statement (`WHERE id IN (...)`): the successes of a
+/// flush, and the releases of a destination whose circuit is open (all to the same probe
+/// time), which used to cost one statement each — 100 000 of them for a dead destination's
+/// backlog. A delivery updated twice in one flush (its lease lapsed and it was claimed again)
+/// keeps the original one-statement-per-update order, so the later update wins.
 async fn write_deliveries(db: &impl ConnectionTrait, ups: &[DeliveryUpdate]) -> Result<(), DbErr> {
+    type Key<'a> = (
+        &'static str,
+        Option<i32>,
+        Option<DateTime<Utc>>,
+        Option<i32>,
+        Option<&'a str>,
+        bool,
+    );
     let t = now();
-    let mut groups: HashMap<(i32, i32), Vec<Uuid>> = HashMap::new();
+    let mut seen: HashMap<Uuid, usize> = HashMap::with_capacity(ups.len());
     for u in ups {
-        if u.status == "SUCCEEDED"
-            && u.last_error.is_none()
-            && let (Some(code), Some(n)) = (u.last_status_code, u.attempt_count)
-        {
-            groups.entry((code, n)).or_default().push(u.id);
+        *seen.entry(u.id).or_default() += 1;
+    }
+    let mut groups: HashMap<Key<'_>, Vec<Uuid>> = HashMap::new();
+    let mut in_order: Vec<&DeliveryUpdate> = Vec::new();
+    for u in ups {
+        if seen[&u.id] > 1 {
+            in_order.push(u);
             continue;
         }
+        let key = (
+            u.status,
+            u.attempt_count,
+            u.next_attempt_at,
+            u.last_status_code,
+            u.last_error.as_deref(),
+            u.completed,
+        );
+        groups.entry(key).or_default().push(u.id);
+    }
+    let update = |u: &DeliveryUpdate| {
         let mut q = delivery::Entity::update_many()
             .col_expr(delivery::Column::Status, Expr::value(u.status))
             .col_expr(
@@ -312,35 +337,32 @@ async fn write_deliveries(db: &impl ConnectionTrait, ups: &[DeliveryUpdate]) -> 
         if u.completed {
             q = q.col_expr(delivery::Column::CompletedAt, Expr::value(t));
         }
-        q.filter(delivery::Column::Id.eq(u.id)).exec(db).await?;
-    }
-    for ((code, n), ids) in groups {
+        q
+    };
+    for ((status, attempt_count, next_attempt_at, last_status_code, last_error, completed), ids) in
+        groups
+    {
+        let u = DeliveryUpdate {
+            id: ids[0],
+            status,
+            attempt_count,
+            next_attempt_at,
+            last_status_code,
+            last_error: last_error.map(str::to_string),
+            completed,
+        };
         for chunk in ids.chunks(500) {
-            delivery::Entity::update_many()
-                .col_expr(delivery::Column::Status, Expr::value("SUCCEEDED"))
-                .col_expr(delivery::Column::AttemptCount, Expr::value(n))
-                .col_expr(delivery::Column::LastStatusCode, Expr::value(code))
-                .col_expr(
-                    delivery::Column::LastError,
-                    Expr::value(Option::<String>::None),
-                )
-                .col_expr(
-                    delivery::Column::NextAttemptAt,
-                    Expr::value(Option::<DateTime<Utc>>::None),
-                )
-                .col_expr(
-                    delivery::Column::LeaseUntil,
-                    Expr::value(Option::<DateTime<Utc>>::None),
-                )
-                .col_expr(
-                    delivery::Column::LeaseOwner,
-                    Expr::value(Option::<String>::None),
-                )
-                .col_expr(delivery::Column::CompletedAt, Expr::value(t))
+            update(&u)
                 .filter(delivery::Column::Id.is_in(chunk.iter().copied()))
                 .exec(db)
                 .await?;
         }
+    }
+    for u in in_order {
+        update(u)
+            .filter(delivery::Column::Id.eq(u.id))
+            .exec(db)
+            .await?;
     }
     Ok(())
 }
