@@ -39,13 +39,7 @@ pub async fn connect(cfg: &Config) -> Result<Db, DbErr> {
             .min_connections(2)
             .connect_timeout(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(10))
-            .sqlx_logging(false)
-            // Prepared statements are cached per connection, and after five runs PostgreSQL
-            // may settle on a generic plan made while the queue table was tiny: a sequential
-            // scan that then runs on every claim or update as the table grows (measured: 11 M
-            // rows read in 9 s at 500 events/s, see BENCHMARKS.md). Planning each execution
-            // for its actual parameters costs microseconds and never goes stale.
-            .map_sqlx_postgres_opts(|o| o.options([("plan_cache_mode", "force_custom_plan")]));
+            .sqlx_logging(false);
         let pool = Database::connect(opts).await?;
         return Ok(Db {
             read: pool.clone(),

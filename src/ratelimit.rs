@@ -13,10 +13,19 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// Starts with one token: a destination's first second is paced like the rest.
     pub fn new(rate: f64) -> Self {
         Self {
             rate,
             state: Mutex::new((rate.min(1.0), Instant::now())),
+        }
+    }
+
+    /// Starts with a full second's worth: a new tenant may burst up to its rate at once.
+    pub fn full(rate: f64) -> Self {
+        Self {
+            rate,
+            state: Mutex::new((rate.max(1.0), Instant::now())),
         }
     }
 
@@ -65,7 +74,7 @@ impl TenantLimiter {
         let bucket = {
             let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(tenant.to_string())
-                .or_insert_with(|| std::sync::Arc::new(TokenBucket::new(self.rate)))
+                .or_insert_with(|| std::sync::Arc::new(TokenBucket::full(self.rate)))
                 .clone()
         };
         match bucket.try_take() {
@@ -83,7 +92,8 @@ mod tests {
     fn tenant_limiter_refuses_past_the_burst() {
         let l = TenantLimiter::new(3.0);
         let ok = (0..10).filter(|_| l.check("a").is_ok()).count();
-        assert!((1..=4).contains(&ok), "{ok}");
+        // A full bucket: the first second's worth goes at once, then the limit bites.
+        assert!((3..=4).contains(&ok), "{ok}");
         assert!(l.check("b").is_ok(), "tenants have separate buckets");
         assert!(TenantLimiter::new(0.0).check("a").is_ok());
     }
