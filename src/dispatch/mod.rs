@@ -12,6 +12,7 @@ pub mod rollup;
 pub mod runtime;
 pub mod sender;
 pub mod signing;
+mod test_event;
 mod unit;
 pub mod writer;
 
@@ -32,7 +33,7 @@ use claim::Claimed;
 use runtime::Runtimes;
 use writer::{DeliveryUpdate, WriterMsg};
 
-pub use unit::send_test_event;
+pub use test_event::send_test_event;
 
 /// Shared by the claim loop and the tasks it starts.
 pub(crate) struct Engine {
@@ -43,6 +44,9 @@ pub(crate) struct Engine {
     /// Claimed deliveries not yet finished, across destinations.
     pub in_memory: AtomicUsize,
     pub finished: tokio::sync::Notify,
+    /// Ids of the claimed deliveries this instance is working on: only these leases are
+    /// renewed, so a claim whose answer was lost (a dropped connection) lapses and returns.
+    pub held: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
 }
 
 impl Engine {
@@ -53,6 +57,7 @@ impl Engine {
     /// Gives a claimed delivery back without an attempt, due again at `at` (None: parked
     /// until the destination is enabled again).
     pub fn release(&self, c: &Claimed, at: Option<DateTime<Utc>>) {
+        self.forget(c.id);
         self.writer().send(WriterMsg::Delivery(DeliveryUpdate {
             id: c.id,
             status: c.waiting_status(),
@@ -65,6 +70,7 @@ impl Engine {
     }
 
     pub fn discard(&self, c: &Claimed, reason: &str) {
+        self.forget(c.id);
         self.writer().send(WriterMsg::Delivery(DeliveryUpdate {
             id: c.id,
             status: "DISCARDED",
@@ -74,6 +80,14 @@ impl Engine {
             last_error: Some(reason.to_string()),
             completed: true,
         }));
+    }
+
+    /// The delivery's outcome is on its way to the writer: stop renewing its lease.
+    pub fn forget(&self, id: uuid::Uuid) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     /// Bookkeeping once a claimed delivery is finished with, whatever happened to it.
@@ -108,6 +122,7 @@ pub fn spawn(state: AppState) -> Dispatcher {
         runtimes: Runtimes::default(),
         in_memory: AtomicUsize::new(0),
         finished: tokio::sync::Notify::new(),
+        held: Default::default(),
     });
     Dispatcher {
         task: Some(tokio::spawn(run(engine))),
@@ -123,7 +138,7 @@ async fn run(engine: Arc<Engine>) {
             tracing::error!(error = %e, "could not release stale leases");
         }
     }
-    let renew = tokio::spawn(renew_leases(st.clone()));
+    let renew = tokio::spawn(renew_leases(engine.clone()));
     let mut groups = JoinSet::new();
     let max_in_memory = cfg.max_concurrency * 4;
     while !st.shutdown.is_cancelled() {
@@ -184,6 +199,11 @@ fn start_groups(
     mut events: HashMap<uuid::Uuid, event::Model>,
     dests: HashMap<uuid::Uuid, destination::Model>,
 ) {
+    engine
+        .held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(claimed.iter().map(|c| c.id));
     let mut by_dest: HashMap<uuid::Uuid, Vec<(Claimed, Option<event::Model>)>> = HashMap::new();
     for c in claimed {
         // An event shared by several deliveries in the batch is cloned for each.
@@ -231,30 +251,35 @@ async fn idle(st: &AppState, poll: Duration) {
 
 /// Keeps this instance's leases alive while it works on them; a dead instance stops
 /// renewing and its deliveries come back within one lease.
-async fn renew_leases(st: AppState) {
+async fn renew_leases(engine: Arc<Engine>) {
+    use entity::delivery;
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let st = &engine.state;
     let lease = st.config.dispatch.lease;
     let every = lease / 3;
     loop {
         tokio::time::sleep(every).await;
         let until = now() + TimeDelta::from_std(lease).unwrap_or(TimeDelta::seconds(30));
-        let backend = st.db.backend();
-        let sql = match backend {
-            DbBackend::Postgres => {
-                "UPDATE delivery SET lease_until = $1, next_attempt_at = $1 \
-                 WHERE lease_owner = $2 AND status = 'DELIVERING'"
+        let ids: Vec<uuid::Uuid> = engine
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        for chunk in ids.chunks(500) {
+            let res = delivery::Entity::update_many()
+                .col_expr(delivery::Column::LeaseUntil, Expr::value(until))
+                .col_expr(delivery::Column::NextAttemptAt, Expr::value(until))
+                .filter(delivery::Column::Id.is_in(chunk.iter().copied()))
+                .filter(delivery::Column::LeaseOwner.eq(st.instance_id.to_string()))
+                .filter(delivery::Column::Status.eq("DELIVERING"))
+                .exec(&st.db.write)
+                .await;
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "lease renewal failed");
             }
-            _ => {
-                "UPDATE delivery SET lease_until = ?1, next_attempt_at = ?1 \
-                 WHERE lease_owner = ?2 AND status = 'DELIVERING'"
-            }
-        };
-        let stmt = Statement::from_sql_and_values(
-            backend,
-            sql,
-            [until.into(), st.instance_id.to_string().into()],
-        );
-        if let Err(e) = st.db.write.execute_raw(stmt).await {
-            tracing::warn!(error = %e, "lease renewal failed");
         }
     }
 }

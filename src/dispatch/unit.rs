@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use entity::{delivery, delivery_attempt, destination, event};
+use entity::{delivery_attempt, destination, event};
 use uuid::Uuid;
 
 use super::Engine;
@@ -15,12 +15,10 @@ use super::retry;
 use super::runtime::{DestRuntime, HealthState};
 use super::sender::Outcome;
 use super::writer::{DeliveryUpdate, HealthUpdate, WriterMsg};
-use crate::auth::Principal;
-use crate::error::{AppError, AppResult};
 use crate::service::destinations::retry_schedule_of;
 use crate::service::{new_id, now};
 
-type Item = (Claimed, Option<event::Model>);
+pub(super) type Item = (Claimed, Option<event::Model>);
 
 /// How long a probe of an open circuit reserves the destination.
 const PROBE_RESERVATION: TimeDelta = TimeDelta::seconds(60);
@@ -250,6 +248,7 @@ async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, un
             .state
             .writer
             .send(WriterMsg::Attempt(Box::new(attempt), update));
+        engine.forget(c.id);
     }
     let health = update_health(engine, rt, d, &outcome, any_retry, finished_at, probe);
     if probe {
@@ -265,7 +264,11 @@ async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, un
 
 /// The message id and body of one request: a single event in the destination's format, or a
 /// batch envelope (whose id is the request id) for batching destinations.
-fn build_body(d: &destination::Model, unit: &[Item], request_id: Uuid) -> (String, Vec<u8>) {
+pub(super) fn build_body(
+    d: &destination::Model,
+    unit: &[Item],
+    request_id: Uuid,
+) -> (String, Vec<u8>) {
     let events: Vec<&event::Model> = unit.iter().filter_map(|(_, ev)| ev.as_ref()).collect();
     let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
     let refs: Vec<EventRef> = events
@@ -289,7 +292,7 @@ fn build_body(d: &destination::Model, unit: &[Item], request_id: Uuid) -> (Strin
 }
 
 /// What an attempt's outcome means for one delivery: its new state and the attempt row.
-fn settle(
+pub(super) fn settle(
     d: &destination::Model,
     c: &Claimed,
     o: &Outcome,
@@ -445,69 +448,4 @@ fn update_health(
                 .then(|| t + PROBE_RESERVATION),
         })));
     after
-}
-
-/// `sendTestEvent`: a `hookline.test` event for this destination only, attempted now and
-/// recorded like any other attempt (it does not move the destination's health), returned
-/// once committed.
-pub async fn send_test_event(
-    st: &crate::state::AppState,
-    p: &Principal,
-    destination_id: Uuid,
-) -> AppResult<delivery_attempt::Model> {
-    use sea_orm::TransactionTrait;
-    let mut d = crate::service::destinations::get_required(&st.db.read, p, destination_id).await?;
-    crate::service::destinations::unseal(&mut d, &st.cipher)?;
-    let t = now();
-    let ev = event::Model {
-        id: new_id(),
-        tenant_id: p.tenant.clone(),
-        event_type: "hookline.test".into(),
-        level: "INFO".into(),
-        payload: serde_json::json!({
-            "test": true,
-            "destinationId": d.id.to_string(),
-            "sentAt": t.to_rfc3339(),
-        })
-        .to_string(),
-        idempotency_key: None,
-        created_at: t,
-    };
-    let mut dl = crate::service::events::new_delivery(&ev, d.id, t);
-    // Leased like a claim: if this process dies mid-request the dispatcher finishes it.
-    let lease = t + TimeDelta::from_std(st.config.dispatch.lease).unwrap_or(TimeDelta::seconds(30));
-    dl.status = "DELIVERING".into();
-    dl.next_attempt_at = Some(lease);
-    dl.lease_until = Some(lease);
-    dl.lease_owner = Some(st.instance_id.to_string());
-    let txn = st.db.write.begin().await?;
-    crate::service::events::insert_chunked(&txn, vec![event::ActiveModel::from(ev.clone())])
-        .await?;
-    crate::service::events::insert_chunked(&txn, vec![delivery::ActiveModel::from(dl.clone())])
-        .await?;
-    txn.commit().await?;
-    let claimed = Claimed {
-        id: dl.id,
-        tenant_id: dl.tenant_id.clone(),
-        event_id: ev.id,
-        destination_id: d.id,
-        event_type: dl.event_type.clone(),
-        attempt_count: 0,
-        created_at: t,
-    };
-    let unit = vec![(claimed.clone(), Some(ev))];
-    let request_id = new_id();
-    let (msg_id, body) = build_body(&d, &unit, request_id);
-    let started_at = now();
-    let outcome = st.sender.send(&d, &msg_id, body).await;
-    let (update, attempt) = settle(&d, &claimed, &outcome, request_id, started_at, now());
-    st.writer
-        .send(WriterMsg::Attempt(Box::new(attempt.clone()), update));
-    if !st.writer.barrier().await {
-        return Err(AppError::Unavailable("the server is shutting down".into()));
-    }
-    if attempt.next_attempt_at.is_some() {
-        st.wake.notify_one();
-    }
-    Ok(attempt)
 }

@@ -1,6 +1,7 @@
 //! Use cases over SeaORM, every one scoped to a tenant. Knows nothing of GraphQL or HTTP.
 
 pub mod deliveries;
+mod destination_settings;
 pub mod destinations;
 pub mod events;
 pub mod matching;

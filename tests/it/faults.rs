@@ -195,7 +195,12 @@ async fn postgres_connections_killed_mid_run() {
     if pg_available().is_none() {
         return;
     }
-    let s = Server::start(Backend::Postgres).await;
+    // A claim whose answer dies with its connection stays leased until the lease runs out:
+    // a short lease keeps that recovery inside the test's patience.
+    let s = Server::start_with(Backend::Postgres, |c| {
+        c.dispatch.lease = Duration::from_secs(5);
+    })
+    .await;
     let t = token("pgkill", "admin");
     let r = Receiver::start().await;
     let dest = create_destination(&s, &t, json!({"url": r.url(), "retrySchedule": [1]})).await;
