@@ -240,6 +240,33 @@ async fn postgres_connections_killed_mid_run() {
             .unwrap();
     }
     assert!(accepted > 0);
+    // An outage of this database alone (new connections refused, existing ones killed):
+    // /readyz says so, then recovers by itself once the database is back.
+    use sea_orm::ConnectionTrait;
+    admin
+        .execute_unprepared(&format!(
+            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ))
+        .await
+        .unwrap();
+    let unready = eventually(
+        Duration::from_secs(30),
+        "readyz 503 during the outage",
+        || async {
+            let r = s.http.get(s.url("/readyz")).send().await.ok()?;
+            (r.status().as_u16() == 503).then_some(r.text().await.ok()?)
+        },
+    )
+    .await;
+    admin
+        .execute_unprepared(&format!(
+            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
+        ))
+        .await
+        .unwrap();
+    assert!(unready.contains("\"ready\":false"), "{unready}");
     // Ready again without anyone's help.
     eventually(Duration::from_secs(20), "readyz after the kill", || async {
         let r = s.http.get(s.url("/readyz")).send().await.ok()?;
