@@ -9,6 +9,16 @@ use serde_json::json;
 use crate::both;
 use crate::harness::*;
 
+async fn payload_of(s: &Server, t: &str, event: &str) -> serde_json::Value {
+    s.ok(
+        t,
+        "query($id: ID!) { event(id: $id) { payload } }",
+        json!({"id": event}),
+    )
+    .await["event"]["payload"]
+        .clone()
+}
+
 const DAY: Duration = Duration::from_secs(86400);
 
 both!(purge_keeps_unfinished_work, |backend| async move {
@@ -52,15 +62,8 @@ both!(purge_keeps_unfinished_work, |backend| async move {
         .unwrap();
     assert_eq!(mid.payloads, 5, "{mid:?}");
     assert_eq!((mid.attempts, mid.deliveries, mid.events), (0, 0, 0));
-    let ev = s
-        .ok(
-            &t,
-            "query($id: ID!) { event(id: $id) { payload } }",
-            json!({"id": waiting_event}),
-        )
-        .await;
     assert_eq!(
-        ev["event"]["payload"],
+        payload_of(&s, &t, &waiting_event).await,
         json!({"keep": "me"}),
         "a pending event keeps its payload"
     );
@@ -75,12 +78,8 @@ both!(purge_keeps_unfinished_work, |backend| async move {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["status"], "AWAITING_RETRY");
     assert!(deliveries_of(&s, &t, &done_dest).await.is_empty());
-    let ev = s
-        .ok(
-            &t,
-            "query($id: ID!) { event(id: $id) { payload } }",
-            json!({"id": waiting_event}),
-        )
-        .await;
-    assert_eq!(ev["event"]["payload"], json!({"keep": "me"}));
+    assert_eq!(
+        payload_of(&s, &t, &waiting_event).await,
+        json!({"keep": "me"})
+    );
 });
