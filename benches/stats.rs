@@ -13,7 +13,7 @@ use hookline::auth::{Principal, Scopes};
 use hookline::config::Config;
 use hookline::dispatch::rollup::{RollupBook, upsert};
 use hookline::graphql::{Caller, build_schema};
-use hookline::service::events::insert_chunked;
+use hookline::service::bulk;
 use rand::{Rng, SeedableRng};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
         idempotency_key: None,
         created_at: now,
     };
-    insert_chunked(&state.db.write, vec![event::ActiveModel::from(ev.clone())])
+    bulk::insert::<_, event::ActiveModel>(&state.db.write, vec![ev.clone()])
         .await
         .map_err(|e| anyhow::anyhow!(e.detail()))?;
     let deliveries: Vec<delivery::Model> = (0..1000)
@@ -115,16 +115,9 @@ async fn main() -> anyhow::Result<()> {
             d
         })
         .collect();
-    insert_chunked(
-        &state.db.write,
-        deliveries
-            .iter()
-            .cloned()
-            .map(delivery::ActiveModel::from)
-            .collect(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!(e.detail()))?;
+    bulk::insert::<_, delivery::ActiveModel>(&state.db.write, deliveries.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!(e.detail()))?;
     let mut book = RollupBook::new(Arc::from("bench-instance"));
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let span_ms = 7 * 86_400_000i64;
@@ -152,14 +145,17 @@ async fn main() -> anyhow::Result<()> {
             next_attempt_at: None,
         };
         book.record(&m);
-        batch.push(delivery_attempt::ActiveModel::from(m));
+        batch.push(m);
         if batch.len() == 5000 {
-            insert_chunked(&state.db.write, std::mem::take(&mut batch))
-                .await
-                .map_err(|e| anyhow::anyhow!(e.detail()))?;
+            bulk::insert::<_, delivery_attempt::ActiveModel>(
+                &state.db.write,
+                std::mem::take(&mut batch),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e.detail()))?;
         }
     }
-    insert_chunked(&state.db.write, batch)
+    bulk::insert::<_, delivery_attempt::ActiveModel>(&state.db.write, batch)
         .await
         .map_err(|e| anyhow::anyhow!(e.detail()))?;
     let rollups = book.take_dirty();

@@ -70,6 +70,12 @@ fn init_logging(cfg: &Config) {
     }
 }
 
+/// The hot paths allocate small, short-lived buffers on several threads at once (GraphQL
+/// documents, JSON, HTTP bodies); glibc's allocator spent 17 % of the server's CPU on them in
+/// the `single` benchmark (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

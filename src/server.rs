@@ -78,6 +78,11 @@ pub async fn prepare(config: Config) -> anyhow::Result<(AppState, Started)> {
     let wake = Arc::new(tokio::sync::Notify::new());
     let instance_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
     let sender = HttpSender::new(config.allow_private_targets)?;
+    let hub = Arc::new(crate::dispatch::hub::Hub::new(
+        config.dispatch.max_concurrency * 4,
+        config.dispatch.lease,
+        instance_id.clone(),
+    ));
     let state = AppState {
         cipher,
         publish_limiter: Arc::new(crate::ratelimit::TenantLimiter::new(
@@ -86,7 +91,8 @@ pub async fn prepare(config: Config) -> anyhow::Result<(AppState, Started)> {
         ws_connections: Arc::new(tokio::sync::Semaphore::new(
             config.limits.max_ws_connections,
         )),
-        publisher: Publisher::start(db.write.clone(), wake.clone()),
+        publisher: Publisher::start(db.write.clone(), wake.clone(), hub.clone()),
+        hub,
         writer: Writer::start(db.write.clone(), live.clone(), instance_id.clone()),
         sender,
         db,

@@ -28,6 +28,8 @@ pub struct AppState {
     pub instance_id: Arc<str>,
     /// Group-commit writer for published events.
     pub publisher: Publisher,
+    /// What the publisher and the dispatcher share (runtimes, hand-over of new deliveries).
+    pub hub: Arc<crate::dispatch::hub::Hub>,
     /// Batched writer for attempts, delivery states and destination health.
     pub writer: Writer,
     /// The guarded HTTP clients deliveries go out through.

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use entity::{destination, event};
+use entity::{delivery, destination, event};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter,
     Statement, Value,
@@ -27,6 +27,19 @@ pub struct Claimed {
 }
 
 impl Claimed {
+    /// A delivery row the caller has leased itself (at publish, or a test event).
+    pub fn of(d: &delivery::Model) -> Self {
+        Claimed {
+            id: d.id,
+            tenant_id: d.tenant_id.clone(),
+            event_id: d.event_id,
+            destination_id: d.destination_id,
+            event_type: d.event_type.clone(),
+            attempt_count: d.attempt_count,
+            created_at: d.created_at,
+        }
+    }
+
     /// The status to go back to when released without an attempt.
     pub fn waiting_status(&self) -> &'static str {
         if self.attempt_count > 0 {

@@ -6,6 +6,7 @@
 pub mod circuit;
 pub mod claim;
 pub mod guard;
+pub mod hub;
 pub mod payload;
 pub mod retry;
 pub mod rollup;
@@ -18,19 +19,19 @@ pub mod writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use entity::{destination, event};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::service::now;
 use crate::state::AppState;
 use claim::Claimed;
-use runtime::Runtimes;
+use hub::{Handover, Hub};
 use writer::{DeliveryUpdate, WriterMsg};
 
 pub use test_event::send_test_event;
@@ -38,15 +39,10 @@ pub use test_event::send_test_event;
 /// Shared by the claim loop and the tasks it starts.
 pub(crate) struct Engine {
     pub state: AppState,
-    pub runtimes: Runtimes,
+    /// Runtimes, counters and leases shared with the publisher's hand-over.
+    pub hub: Arc<Hub>,
     /// Bounds concurrent outgoing requests across all destinations.
     pub global: Arc<Semaphore>,
-    /// Claimed deliveries not yet finished, across destinations.
-    pub in_memory: AtomicUsize,
-    pub finished: tokio::sync::Notify,
-    /// Ids of the claimed deliveries this instance is working on: only these leases are
-    /// renewed, so a claim whose answer was lost (a dropped connection) lapses and returns.
-    pub held: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
 }
 
 impl Engine {
@@ -84,7 +80,8 @@ impl Engine {
 
     /// The delivery's outcome is on its way to the writer: stop renewing its lease.
     pub fn forget(&self, id: uuid::Uuid) {
-        self.held
+        self.hub
+            .held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
@@ -92,9 +89,7 @@ impl Engine {
 
     /// Bookkeeping once a claimed delivery is finished with, whatever happened to it.
     pub fn done(&self, rt: &runtime::DestRuntime, n: usize) {
-        rt.waiting.fetch_sub(n, Ordering::Relaxed);
-        self.in_memory.fetch_sub(n, Ordering::Relaxed);
-        self.finished.notify_one();
+        self.hub.unreserve(rt, n);
     }
 }
 
@@ -118,11 +113,8 @@ pub fn spawn(state: AppState) -> Dispatcher {
     }
     let engine = Arc::new(Engine {
         global: Arc::new(Semaphore::new(state.config.dispatch.max_concurrency)),
+        hub: state.hub.clone(),
         state,
-        runtimes: Runtimes::default(),
-        in_memory: AtomicUsize::new(0),
-        finished: tokio::sync::Notify::new(),
-        held: Default::default(),
     });
     Dispatcher {
         task: Some(tokio::spawn(run(engine))),
@@ -139,14 +131,20 @@ async fn run(engine: Arc<Engine>) {
         }
     }
     let renew = tokio::spawn(renew_leases(engine.clone()));
+    let inbox = engine
+        .hub
+        .open()
+        .map(|rx| tokio::spawn(take_handovers(engine.clone(), rx)));
     let mut groups = JoinSet::new();
-    let max_in_memory = cfg.max_concurrency * 4;
+    let hub = &engine.hub;
     while !st.shutdown.is_cancelled() {
         while groups.try_join_next().is_some() {}
-        let room = max_in_memory.saturating_sub(engine.in_memory.load(Ordering::Relaxed));
+        let room = hub
+            .max_in_memory
+            .saturating_sub(hub.in_memory.load(Ordering::Relaxed));
         if room == 0 {
             tokio::select! {
-                _ = engine.finished.notified() => {}
+                _ = hub.finished.notified() => {}
                 _ = st.shutdown.cancelled() => break,
             }
             continue;
@@ -154,7 +152,7 @@ async fn run(engine: Arc<Engine>) {
         let limit = (room as u64).min(cfg.claim_batch);
         let t = now();
         let lease = t + TimeDelta::from_std(cfg.lease).unwrap_or(TimeDelta::seconds(30));
-        let skip = engine.runtimes.saturated();
+        let skip = hub.runtimes.saturated();
         let claimed =
             match claim::claim(&st.db.write, &st.instance_id, t, lease, limit, &skip).await {
                 Ok(c) => c,
@@ -184,7 +182,11 @@ async fn run(engine: Arc<Engine>) {
         }
     }
     // Shutdown: groups still waiting give their deliveries back; requests in flight finish.
+    hub.close();
     while groups.join_next().await.is_some() {}
+    if let Some(inbox) = inbox {
+        let _ = inbox.await;
+    }
     renew.abort();
     st.writer.close().await;
     if let Err(e) = release_leases(&st.db.write, Some(&st.instance_id)).await {
@@ -196,35 +198,67 @@ fn start_groups(
     engine: &Arc<Engine>,
     groups: &mut JoinSet<()>,
     claimed: Vec<Claimed>,
-    mut events: HashMap<uuid::Uuid, event::Model>,
+    events: HashMap<uuid::Uuid, event::Model>,
     dests: HashMap<uuid::Uuid, destination::Model>,
 ) {
-    engine
-        .held
+    let hub = &engine.hub;
+    hub.held
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .extend(claimed.iter().map(|c| c.id));
-    let mut by_dest: HashMap<uuid::Uuid, Vec<(Claimed, Option<event::Model>)>> = HashMap::new();
+    let events: HashMap<uuid::Uuid, Arc<event::Model>> = events
+        .into_iter()
+        .map(|(id, e)| (id, Arc::new(e)))
+        .collect();
+    let mut by_dest: HashMap<uuid::Uuid, Vec<unit::Item>> = HashMap::new();
     for c in claimed {
-        // An event shared by several deliveries in the batch is cloned for each.
         let ev = events.get(&c.event_id).cloned();
         by_dest.entry(c.destination_id).or_default().push((c, ev));
     }
-    events.clear();
     for (dest_id, items) in by_dest {
-        engine.in_memory.fetch_add(items.len(), Ordering::Relaxed);
         let Some(d) = dests.get(&dest_id).cloned() else {
             // The destination row vanished (cannot happen with soft deletes): give up on them.
             for (c, _) in &items {
                 engine.discard(c, "destination no longer exists");
             }
-            engine.in_memory.fetch_sub(items.len(), Ordering::Relaxed);
             continue;
         };
-        let rt = engine.runtimes.get(&d);
+        let rt = hub.runtimes.get(&d);
         rt.waiting.fetch_add(items.len(), Ordering::Relaxed);
+        hub.in_memory.fetch_add(items.len(), Ordering::Relaxed);
         groups.spawn(unit::handle_group(engine.clone(), rt, d, items));
     }
+}
+
+/// Runs the deliveries the publisher hands over. At shutdown the ones still arriving start
+/// too: their units see the shutdown and give them back to the queue.
+async fn take_handovers(engine: Arc<Engine>, mut rx: mpsc::UnboundedReceiver<Handover>) {
+    let st = engine.state.clone();
+    let mut groups = JoinSet::new();
+    loop {
+        let h = tokio::select! {
+            h = rx.recv() => h,
+            _ = st.shutdown.cancelled() => break,
+        };
+        let Some(h) = h else { break };
+        while groups.try_join_next().is_some() {}
+        groups.spawn(unit::handle_group(
+            engine.clone(),
+            h.runtime,
+            h.destination,
+            h.items,
+        ));
+    }
+    rx.close();
+    while let Some(h) = rx.recv().await {
+        groups.spawn(unit::handle_group(
+            engine.clone(),
+            h.runtime,
+            h.destination,
+            h.items,
+        ));
+    }
+    while groups.join_next().await.is_some() {}
 }
 
 async fn sleep_or_shutdown(st: &AppState, d: Duration) {
@@ -262,6 +296,7 @@ async fn renew_leases(engine: Arc<Engine>) {
         tokio::time::sleep(every).await;
         let until = now() + TimeDelta::from_std(lease).unwrap_or(TimeDelta::seconds(30));
         let ids: Vec<uuid::Uuid> = engine
+            .hub
             .held
             .lock()
             .unwrap_or_else(|p| p.into_inner())

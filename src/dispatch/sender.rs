@@ -172,7 +172,10 @@ impl HttpSender {
             }
         }
         let duration = started.elapsed();
-        let body = (!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned());
+        // PostgreSQL text cannot hold NUL: a receiver answering with one must not make the
+        // attempt unrecordable (the completion writer would retry that flush forever).
+        let body =
+            (!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).replace('\0', "\u{FFFD}"));
         let error = if !status.is_success() {
             let reason = status.canonical_reason().unwrap_or("");
             Some((

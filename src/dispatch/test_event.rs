@@ -9,7 +9,7 @@ use super::unit::{build_body, settle};
 use super::writer::WriterMsg;
 use crate::auth::Principal;
 use crate::error::{AppError, AppResult};
-use crate::service::{new_id, now};
+use crate::service::{bulk, new_id, now};
 
 /// `sendTestEvent`: a `hookline.test` event for this destination only, attempted now and
 /// recorded like any other attempt (it does not move the destination's health), returned
@@ -45,21 +45,11 @@ pub async fn send_test_event(
     dl.lease_until = Some(lease);
     dl.lease_owner = Some(st.instance_id.to_string());
     let txn = st.db.write.begin().await?;
-    crate::service::events::insert_chunked(&txn, vec![event::ActiveModel::from(ev.clone())])
-        .await?;
-    crate::service::events::insert_chunked(&txn, vec![delivery::ActiveModel::from(dl.clone())])
-        .await?;
+    bulk::insert::<_, event::ActiveModel>(&txn, vec![ev.clone()]).await?;
+    bulk::insert::<_, delivery::ActiveModel>(&txn, vec![dl.clone()]).await?;
     txn.commit().await?;
-    let claimed = Claimed {
-        id: dl.id,
-        tenant_id: dl.tenant_id.clone(),
-        event_id: ev.id,
-        destination_id: d.id,
-        event_type: dl.event_type.clone(),
-        attempt_count: 0,
-        created_at: t,
-    };
-    let unit = vec![(claimed.clone(), Some(ev))];
+    let claimed = Claimed::of(&dl);
+    let unit = vec![(claimed.clone(), Some(std::sync::Arc::new(ev)))];
     let request_id = new_id();
     let (msg_id, body) = build_body(&d, &unit, request_id);
     let started_at = now();

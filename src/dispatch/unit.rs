@@ -18,7 +18,7 @@ use super::writer::{DeliveryUpdate, HealthUpdate, WriterMsg};
 use crate::service::destinations::retry_schedule_of;
 use crate::service::{new_id, now};
 
-pub(super) type Item = (Claimed, Option<event::Model>);
+pub(super) type Item = (Claimed, Option<Arc<event::Model>>);
 
 /// How long a probe of an open circuit reserves the destination.
 const PROBE_RESERVATION: TimeDelta = TimeDelta::seconds(60);
@@ -269,7 +269,7 @@ pub(super) fn build_body(
     unit: &[Item],
     request_id: Uuid,
 ) -> (String, Vec<u8>) {
-    let events: Vec<&event::Model> = unit.iter().filter_map(|(_, ev)| ev.as_ref()).collect();
+    let events: Vec<&event::Model> = unit.iter().filter_map(|(_, ev)| ev.as_deref()).collect();
     let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
     let refs: Vec<EventRef> = events
         .iter()

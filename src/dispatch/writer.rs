@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use entity::{delivery, delivery_attempt, destination};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
     TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -20,11 +20,10 @@ use uuid::Uuid;
 use super::circuit::Health;
 use super::rollup::RollupBook;
 use crate::live::{LiveBus, LiveEvent, StatusChange};
-use crate::service::events::insert_chunked;
-use crate::service::now;
+use crate::service::{bulk, now};
 
 /// A delivery's new state after an attempt, a release or a discard.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct DeliveryUpdate {
     pub id: Uuid,
     pub status: &'static str,
@@ -219,9 +218,7 @@ impl Flush {
         statuses: &[StatusChange],
     ) -> Result<(), DbErr> {
         let txn = db.begin().await?;
-        let rows: Vec<delivery_attempt::ActiveModel> =
-            self.attempts.iter().cloned().map(Into::into).collect();
-        insert_chunked(&txn, rows)
+        bulk::insert::<_, delivery_attempt::ActiveModel>(&txn, self.attempts.clone())
             .await
             .map_err(|e| DbErr::Custom(e.detail()))?;
         write_deliveries(&txn, &self.deliveries).await?;
@@ -266,11 +263,12 @@ fn merge_health(prev: &mut HealthUpdate, next: HealthUpdate) {
     };
 }
 
-/// Updates with the same values share one statement (`WHERE id IN (...)`): the successes of a
-/// flush, and the releases of a destination whose circuit is open (all to the same probe
-/// time), which used to cost one statement each — 100 000 of them for a dead destination's
-/// backlog. A delivery updated twice in one flush (its lease lapsed and it was claimed again)
-/// keeps the original one-statement-per-update order, so the later update wins.
+/// Writes the delivery updates of one flush. PostgreSQL: one statement for all of them, the
+/// rows passed as one JSON document. SQLite: updates with the same values share one statement
+/// (`WHERE id IN (...)`): the successes of a flush, and the releases of a destination whose
+/// circuit is open, which would otherwise cost one statement each. Either way, a delivery
+/// updated twice in one flush (its lease lapsed and it was claimed again) gets one statement
+/// per update, in order, so the later update wins.
 async fn write_deliveries(db: &impl ConnectionTrait, ups: &[DeliveryUpdate]) -> Result<(), DbErr> {
     type Key<'a> = (
         &'static str,
@@ -285,13 +283,19 @@ async fn write_deliveries(db: &impl ConnectionTrait, ups: &[DeliveryUpdate]) -> 
     for u in ups {
         *seen.entry(u.id).or_default() += 1;
     }
-    let mut groups: HashMap<Key<'_>, Vec<Uuid>> = HashMap::new();
-    let mut in_order: Vec<&DeliveryUpdate> = Vec::new();
-    for u in ups {
-        if seen[&u.id] > 1 {
-            in_order.push(u);
-            continue;
+    let (once, in_order): (Vec<&DeliveryUpdate>, Vec<&DeliveryUpdate>) =
+        ups.iter().partition(|u| seen[&u.id] == 1);
+    if db.get_database_backend() == DbBackend::Postgres {
+        for chunk in once.chunks(5000) {
+            update_json(db, chunk, t).await?;
         }
+        for u in in_order {
+            update_json(db, &[u], t).await?;
+        }
+        return Ok(());
+    }
+    let mut groups: HashMap<Key<'_>, Vec<Uuid>> = HashMap::new();
+    for u in once {
         let key = (
             u.status,
             u.attempt_count,
@@ -364,6 +368,36 @@ async fn write_deliveries(db: &impl ConnectionTrait, ups: &[DeliveryUpdate]) -> 
             .exec(db)
             .await?;
     }
+    Ok(())
+}
+
+/// PostgreSQL: applies updates (distinct ids) in one statement, with the same meaning as the
+/// SQLite statements above: the attempt's facts only when an attempt was made, an error alone
+/// when a discard gives one, `completed_at` when finished.
+const UPDATE_JSON: &str = "UPDATE delivery AS d SET status = u.status, \
+     next_attempt_at = u.next_attempt_at, lease_until = NULL, lease_owner = NULL, \
+     attempt_count = COALESCE(u.attempt_count, d.attempt_count), \
+     last_status_code = CASE WHEN u.attempt_count IS NULL THEN d.last_status_code \
+       ELSE u.last_status_code END, \
+     last_error = CASE WHEN u.attempt_count IS NULL AND u.last_error IS NULL THEN d.last_error \
+       ELSE u.last_error END, \
+     completed_at = CASE WHEN u.completed THEN $2 ELSE d.completed_at END \
+     FROM json_to_recordset($1::json) AS u(id uuid, status text, attempt_count int4, \
+       next_attempt_at timestamptz, last_status_code int4, last_error text, completed bool) \
+     WHERE d.id = u.id";
+
+async fn update_json(
+    db: &impl ConnectionTrait,
+    ups: &[&DeliveryUpdate],
+    t: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let json = serde_json::to_string(ups).map_err(|e| DbErr::Custom(e.to_string()))?;
+    db.execute_raw(sea_orm::Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        UPDATE_JSON,
+        [json.into(), t.into()],
+    ))
+    .await?;
     Ok(())
 }
 

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use entity::{delivery, event};
+use chrono::{DateTime, TimeDelta, Utc};
+use entity::{delivery, destination, event};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Select,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, Select,
     TransactionTrait,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -17,12 +17,13 @@ use uuid::Uuid;
 use super::matching::Level;
 use super::page::{Direction, Page, PageRequest, paginate};
 use super::subscriptions::{Rule, active_rules};
-use super::{new_id, now, validate};
+use super::{bulk, new_id, now, validate};
 use crate::auth::Principal;
+use crate::dispatch::claim::Claimed;
+use crate::dispatch::hub::{Handover, Hub};
+use crate::dispatch::runtime::DestRuntime;
 use crate::error::{AppError, AppResult};
 
-/// Rows per multi-row INSERT: well under SQLite's and PostgreSQL's bind-parameter limits.
-const INSERT_CHUNK: usize = 500;
 /// Publishes gathered into one transaction at most.
 const MAX_GROUP: usize = 256;
 
@@ -74,17 +75,30 @@ struct Job {
     reply: oneshot::Sender<AppResult<Published>>,
 }
 
-/// Handle to the group-commit writer task.
+/// Handle to the group-commit writer tasks.
 #[derive(Clone)]
 pub struct Publisher {
     tx: mpsc::Sender<Job>,
 }
 
+/// Group transactions in flight at once on PostgreSQL: while one waits for its commit, the
+/// next gathers the publishes that arrive meanwhile. SQLite has one writer connection: one.
+const PG_WRITERS: usize = 4;
+
 impl Publisher {
-    /// Starts the writer. `wake` is notified after each commit that created deliveries.
-    pub fn start(db: DatabaseConnection, wake: Arc<Notify>) -> Self {
+    /// Starts the writers. `wake` is notified after each commit that queued deliveries for the
+    /// claim loop; deliveries handed to this instance's dispatcher go through `hub`.
+    pub fn start(db: DatabaseConnection, wake: Arc<Notify>, hub: Arc<Hub>) -> Self {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer(db, rx, wake));
+        let writers = if db.get_database_backend() == DbBackend::Postgres {
+            PG_WRITERS
+        } else {
+            1
+        };
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..writers {
+            tokio::spawn(writer(db.clone(), rx.clone(), wake.clone(), hub.clone()));
+        }
         Self { tx }
     }
 
@@ -103,12 +117,21 @@ impl Publisher {
     }
 }
 
-async fn writer(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>, wake: Arc<Notify>) {
+async fn writer(
+    db: DatabaseConnection,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    wake: Arc<Notify>,
+    hub: Arc<Hub>,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
-    while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+    loop {
+        // The lock is held only while gathering, never across a commit.
+        if rx.lock().await.recv_many(&mut group, MAX_GROUP).await == 0 {
+            return;
+        }
         let jobs = std::mem::take(&mut group);
-        let created = commit_group(&db, jobs).await;
-        if created > 0 {
+        let queued = commit_group(&db, &hub, jobs).await;
+        if queued > 0 {
             wake.notify_one();
         }
     }
@@ -116,31 +139,38 @@ async fn writer(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>, wake: Arc<N
 
 /// What one job will write, decided before the transaction.
 struct Plan {
-    event: event::Model,
+    event: Arc<event::Model>,
     deliveries: Vec<delivery::Model>,
+    /// Per delivery: the runtime reserved for handing it over, or None (it goes to the queue).
+    handed: Vec<Option<Arc<DestRuntime>>>,
 }
 
-/// Commits a group; answers every job. Returns how many deliveries were created. If the
-/// group's transaction fails (a racing idempotency key, say), each job is retried alone so
-/// one bad job never fails the others.
-async fn commit_group(db: &DatabaseConnection, jobs: Vec<Job>) -> usize {
-    match plan_and_write(db, &jobs).await {
-        Ok(results) => {
-            let n = results.iter().map(|r| r.deliveries).sum();
-            for (job, res) in jobs.into_iter().zip(results) {
+/// What a committed group leaves to do.
+struct Written {
+    results: Vec<Published>,
+    /// Deliveries left for the claim loop (it is woken when there are any).
+    queued: usize,
+}
+
+/// Commits a group; answers every job. Returns how many deliveries were queued for the claim
+/// loop. If the group's transaction fails (a racing idempotency key, say), each job is retried
+/// alone so one bad job never fails the others.
+async fn commit_group(db: &DatabaseConnection, hub: &Hub, jobs: Vec<Job>) -> usize {
+    match plan_and_write(db, hub, &jobs).await {
+        Ok(w) => {
+            for (job, res) in jobs.into_iter().zip(w.results) {
                 let _ = job.reply.send(Ok(res));
             }
-            n
+            w.queued
         }
         Err(_) if jobs.len() > 1 => {
             let mut n = 0;
             for job in jobs {
-                let res = plan_and_write(db, std::slice::from_ref(&job)).await;
+                let res = plan_and_write(db, hub, std::slice::from_ref(&job)).await;
                 let res = match res {
-                    Ok(mut v) => {
-                        let r = v.remove(0);
-                        n += r.deliveries;
-                        Ok(r)
+                    Ok(mut w) => {
+                        n += w.queued;
+                        Ok(w.results.remove(0))
                     }
                     Err(e) => Err(e),
                 };
@@ -149,7 +179,6 @@ async fn commit_group(db: &DatabaseConnection, jobs: Vec<Job>) -> usize {
             n
         }
         Err(e) => {
-            let mut n = 0;
             for job in jobs {
                 // A lone job that lost an idempotency race returns the winner's event.
                 let res = match (&e, &job.event.idempotency_key) {
@@ -169,12 +198,9 @@ async fn commit_group(db: &DatabaseConnection, jobs: Vec<Job>) -> usize {
                     }
                     _ => Err(clone_err(&e)),
                 };
-                if let Ok(r) = &res {
-                    n += r.deliveries;
-                }
                 let _ = job.reply.send(res);
             }
-            n
+            0
         }
     }
 }
@@ -203,14 +229,16 @@ async fn existing_by_keys(
         .collect())
 }
 
-async fn plan_and_write(db: &DatabaseConnection, jobs: &[Job]) -> AppResult<Vec<Published>> {
+type Routes = (Vec<Rule>, HashMap<Uuid, Arc<destination::Model>>);
+
+async fn plan_and_write(db: &DatabaseConnection, hub: &Hub, jobs: &[Job]) -> AppResult<Written> {
     let txn = db.begin().await?;
     // Rules and existing idempotency keys, one query each per tenant in the group.
-    let mut rules: HashMap<&str, Vec<Rule>> = HashMap::new();
+    let mut routes: HashMap<&str, Routes> = HashMap::new();
     let mut existing: HashMap<(&str, String), event::Model> = HashMap::new();
     for job in jobs {
-        if !rules.contains_key(job.tenant.as_str()) {
-            rules.insert(&job.tenant, active_rules(&txn, &job.tenant).await?);
+        if !routes.contains_key(job.tenant.as_str()) {
+            routes.insert(&job.tenant, active_rules(&txn, &job.tenant).await?);
             let keys: Vec<String> = jobs
                 .iter()
                 .filter(|j| j.tenant == job.tenant)
@@ -224,6 +252,7 @@ async fn plan_and_write(db: &DatabaseConnection, jobs: &[Job]) -> AppResult<Vec<
         }
     }
     let t = now();
+    let lease = t + TimeDelta::from_std(hub.lease).unwrap_or(TimeDelta::seconds(30));
     let mut results = Vec::with_capacity(jobs.len());
     let mut plans: Vec<Plan> = Vec::new();
     for job in jobs {
@@ -237,25 +266,81 @@ async fn plan_and_write(db: &DatabaseConnection, jobs: &[Job]) -> AppResult<Vec<
             });
             continue;
         }
-        let plan = plan(&job.tenant, &job.event, &rules[job.tenant.as_str()], t);
+        let (rules, dests) = &routes[job.tenant.as_str()];
+        let mut plan = plan(&job.tenant, &job.event, rules, t);
+        // Deliveries the dispatcher here has room for are leased to it now.
+        for dl in &mut plan.deliveries {
+            let rt = dests.get(&dl.destination_id).and_then(|d| hub.reserve(d));
+            if rt.is_some() {
+                dl.status = "DELIVERING".into();
+                dl.next_attempt_at = Some(lease);
+                dl.lease_until = Some(lease);
+                dl.lease_owner = Some(hub.instance_id.to_string());
+            }
+            plan.handed.push(rt);
+        }
         if let Some(key) = &job.event.idempotency_key {
             // A second publish with the same key in this very group gets the first's event.
-            existing.insert((job.tenant.as_str(), key.clone()), plan.event.clone());
+            existing.insert((job.tenant.as_str(), key.clone()), (*plan.event).clone());
         }
         results.push(Published {
-            event: plan.event.clone(),
+            event: (*plan.event).clone(),
             created: true,
             deliveries: plan.deliveries.len(),
         });
         plans.push(plan);
     }
-    let any = plans.iter().any(|p| !p.deliveries.is_empty());
-    insert_plans(&txn, plans).await?;
-    if any {
-        crate::live::pg::wake_others(&txn).await?;
+    let queued = plans
+        .iter()
+        .flat_map(|p| &p.handed)
+        .filter(|h| h.is_none())
+        .count();
+    let written = async {
+        insert_plans(&txn, &plans).await?;
+        if queued > 0 {
+            crate::live::pg::wake_others(&txn).await?;
+        }
+        txn.commit().await?;
+        AppResult::Ok(())
     }
-    txn.commit().await?;
-    Ok(results)
+    .await;
+    if let Err(e) = written {
+        for rt in plans.iter().flat_map(|p| &p.handed).flatten() {
+            hub.unreserve(rt, 1);
+        }
+        return Err(e);
+    }
+    hand_over(hub, &routes, plans);
+    Ok(Written { results, queued })
+}
+
+/// Passes the committed deliveries that were leased to this instance to its dispatcher, one
+/// hand-over per destination.
+fn hand_over(hub: &Hub, routes: &HashMap<&str, Routes>, plans: Vec<Plan>) {
+    let mut by_dest: HashMap<Uuid, Handover> = HashMap::new();
+    for p in plans {
+        for (dl, rt) in p.deliveries.iter().zip(p.handed) {
+            let Some(rt) = rt else { continue };
+            let Some(d) = routes
+                .get(dl.tenant_id.as_str())
+                .and_then(|(_, dests)| dests.get(&dl.destination_id))
+            else {
+                continue;
+            };
+            by_dest
+                .entry(dl.destination_id)
+                .or_insert_with(|| Handover {
+                    destination: (**d).clone(),
+                    runtime: rt,
+                    items: Vec::new(),
+                })
+                .items
+                .push((Claimed::of(dl), Some(p.event.clone())));
+        }
+    }
+    for h in by_dest.into_values() {
+        hub.hand_over(h);
+    }
 }
 
 fn plan(tenant: &str, ev: &NewEvent, rules: &[Rule], t: DateTime<Utc>) -> Plan {
@@ -286,7 +371,11 @@ fn plan(tenant: &str, ev: &NewEvent, rules: &[Rule], t: DateTime<Utc>) -> Plan {
             deliveries.push(new_delivery(&event, rule.destination_id, t));
         }
     }
-    Plan { event, deliveries }
+    Plan {
+        event: Arc::new(event),
+        handed: Vec::with_capacity(deliveries.len()),
+        deliveries,
+    }
 }
 
 pub fn new_delivery(ev: &event::Model, destination_id: Uuid, t: DateTime<Utc>) -> delivery::Model {
@@ -308,30 +397,14 @@ pub fn new_delivery(ev: &event::Model, destination_id: Uuid, t: DateTime<Utc>) -
     }
 }
 
-async fn insert_plans(db: &impl ConnectionTrait, plans: Vec<Plan>) -> AppResult<()> {
-    let mut events = Vec::with_capacity(plans.len());
-    let mut deliveries = Vec::new();
-    for p in plans {
-        events.push(event::ActiveModel::from(p.event));
-        deliveries.extend(p.deliveries.into_iter().map(delivery::ActiveModel::from));
-    }
-    insert_chunked(db, events).await?;
-    insert_chunked(db, deliveries).await
-}
-
-/// Multi-row INSERTs in chunks: one round trip per few hundred rows, never one per row.
-pub async fn insert_chunked<A>(db: &impl ConnectionTrait, rows: Vec<A>) -> AppResult<()>
-where
-    A: sea_orm::ActiveModelTrait + Send,
-{
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<A> = rows.by_ref().take(INSERT_CHUNK).collect();
-        <A::Entity as EntityTrait>::insert_many(chunk)
-            .exec_without_returning(db)
-            .await?;
-    }
-    Ok(())
+async fn insert_plans(db: &impl ConnectionTrait, plans: &[Plan]) -> AppResult<()> {
+    let events: Vec<event::Model> = plans.iter().map(|p| (*p.event).clone()).collect();
+    let deliveries: Vec<delivery::Model> = plans
+        .iter()
+        .flat_map(|p| p.deliveries.iter().cloned())
+        .collect();
+    bulk::insert::<_, event::ActiveModel>(db, events).await?;
+    bulk::insert::<_, delivery::ActiveModel>(db, deliveries).await
 }
 
 pub async fn get(

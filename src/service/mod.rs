@@ -1,5 +1,6 @@
 //! Use cases over SeaORM, every one scoped to a tenant. Knows nothing of GraphQL or HTTP.
 
+pub mod bulk;
 pub mod deliveries;
 mod destination_settings;
 pub mod destinations;

@@ -1,6 +1,9 @@
 //! Event subscriptions: which events reach a destination (patterns, include/exclude, minimum
 //! level, optional payload filter).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use entity::{destination, subscription};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
@@ -215,15 +218,27 @@ pub async fn delete<C: ConnectionTrait>(db: &C, p: &Principal, id: Uuid) -> AppR
     Ok(id)
 }
 
-/// Every enabled subscription of the tenant's live, enabled destinations: the matcher's input.
-pub async fn active_rules<C: ConnectionTrait>(db: &C, tenant: &str) -> AppResult<Vec<Rule>> {
+/// Every enabled subscription of the tenant's live, enabled destinations (the matcher's
+/// input), with those destinations' rows (what the publisher hands to the dispatcher).
+pub async fn active_rules<C: ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+) -> AppResult<(Vec<Rule>, HashMap<Uuid, Arc<destination::Model>>)> {
     let rows = subscription::Entity::find()
-        .inner_join(destination::Entity)
+        .find_also_related(destination::Entity)
         .filter(subscription::Column::TenantId.eq(tenant))
         .filter(subscription::Column::Enabled.eq(true))
         .filter(destination::Column::Enabled.eq(true))
         .filter(destination::Column::DeletedAt.is_null())
         .all(db)
         .await?;
-    Ok(rows.iter().map(Rule::from_model).collect())
+    let mut dests = HashMap::new();
+    let mut rules = Vec::with_capacity(rows.len());
+    for (s, d) in rows {
+        rules.push(Rule::from_model(&s));
+        if let Some(d) = d {
+            dests.entry(d.id).or_insert_with(|| Arc::new(d));
+        }
+    }
+    Ok((rules, dests))
 }
