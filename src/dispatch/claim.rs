@@ -128,6 +128,97 @@ pub async fn claim(
     Ok(out)
 }
 
+/// Destinations whose circuit is open and whose probe time has come. Each is reserved for one
+/// probe in the same statement (its gate moves to `reserve_until`), so two instances never
+/// probe it at once; the probe's outcome writes the next gate.
+pub async fn take_probes(
+    db: &impl ConnectionTrait,
+    now: DateTime<Utc>,
+    reserve_until: DateTime<Utc>,
+) -> Result<Vec<destination::Model>, DbErr> {
+    use sea_orm::sea_query::Expr;
+    destination::Entity::update_many()
+        .col_expr(
+            destination::Column::NextAttemptAt,
+            Expr::value(reserve_until),
+        )
+        .filter(destination::Column::Status.eq("FAILING"))
+        .filter(destination::Column::Enabled.eq(true))
+        .filter(destination::Column::Ordered.eq(false))
+        .filter(destination::Column::DeletedAt.is_null())
+        .filter(
+            sea_orm::Condition::any()
+                .add(destination::Column::NextAttemptAt.is_null())
+                .add(destination::Column::NextAttemptAt.lte(now)),
+        )
+        .exec_with_returning(db)
+        .await
+}
+
+/// Leases one parked delivery of a destination (for its probe), if it has any.
+pub async fn claim_parked(
+    db: &impl ConnectionTrait,
+    owner: &str,
+    destination_id: Uuid,
+    lease_until: DateTime<Utc>,
+) -> Result<Option<Claimed>, DbErr> {
+    let backend = db.get_database_backend();
+    let lock = if backend == DbBackend::Postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE delivery SET status = 'DELIVERING', lease_until = $1, next_attempt_at = $1, \
+         lease_owner = $2 WHERE id = (SELECT id FROM delivery WHERE destination_id = $3 \
+         AND next_attempt_at IS NULL AND completed_at IS NULL \
+         AND status IN ('PENDING', 'AWAITING_RETRY') LIMIT 1{lock}) \
+         RETURNING id, tenant_id, event_id, destination_id, event_type, attempt_count, created_at"
+    );
+    let row = db
+        .query_one_raw(crate::db::raw(
+            backend,
+            &sql,
+            vec![lease_until.into(), owner.into(), destination_id.into()],
+        ))
+        .await?;
+    row.map(|r| Claimed::from_query_result(&r, "")).transpose()
+}
+
+/// Deliveries parked for an open circuit whose destination is no longer failing become due.
+/// The probe that closes a circuit does this for its destination; this catches the parks that
+/// raced with it (a publish that saw the circuit open and committed after it closed). The
+/// destinations are looked up first, one index probe each (`LIMIT 1` keeps the check a probe
+/// per destination), so a failing destination's parked backlog is never scanned.
+pub async fn unpark_recovered(db: &impl ConnectionTrait, now: DateTime<Utc>) -> Result<u64, DbErr> {
+    let backend = db.get_database_backend();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT d.id FROM destination d WHERE d.enabled AND d.deleted_at IS NULL \
+             AND (d.status <> 'FAILING' OR d.ordered) \
+             AND EXISTS (SELECT 1 FROM delivery p WHERE p.destination_id = d.id \
+               AND p.next_attempt_at IS NULL AND p.completed_at IS NULL \
+               AND p.status IN ('PENDING', 'AWAITING_RETRY') LIMIT 1)",
+        ))
+        .await?;
+    let mut n = 0;
+    for r in rows {
+        let id: Uuid = r.try_get("", "id")?;
+        let res = db
+            .execute_raw(crate::db::raw(
+                backend,
+                "UPDATE delivery SET next_attempt_at = $1 WHERE destination_id = $2 \
+                 AND next_attempt_at IS NULL AND completed_at IS NULL \
+                 AND status IN ('PENDING', 'AWAITING_RETRY')",
+                vec![now.into(), id.into()],
+            ))
+            .await?;
+        n += res.rows_affected();
+    }
+    Ok(n)
+}
+
 /// The earliest time any delivery becomes due, for sleeping until then.
 pub async fn next_due(db: &impl ConnectionTrait) -> Result<Option<DateTime<Utc>>, DbErr> {
     let backend = db.get_database_backend();

@@ -8,8 +8,9 @@
 //! (an UPDATE of every row), the reload of events and destinations, and the wake-up round trip
 //! — a third of the queue's row writes on PostgreSQL. Nothing is lost if the process dies in
 //! between: the rows are leased like claimed ones, so they come back when the lease lapses
-//! (or at the next start, on SQLite). Destinations that must keep their order or batch, whose
-//! circuit is open, or whose queue here is full go through the queue as before.
+//! (or at the next start, on SQLite). Destinations that must keep their order or batch, or
+//! whose queue here is full, go through the queue as before; a destination whose circuit is
+//! open gets its new deliveries parked.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,6 +21,7 @@ use entity::{destination, event};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
+use super::circuit::Health;
 use super::claim::Claimed;
 use super::runtime::{DestRuntime, Runtimes};
 use crate::service::now;
@@ -30,6 +32,16 @@ pub struct Handover {
     /// The runtime whose counters [`Hub::reserve`] raised.
     pub runtime: Arc<DestRuntime>,
     pub items: Vec<(Claimed, Option<Arc<event::Model>>)>,
+}
+
+/// Where the publisher puts a new delivery.
+pub enum Route {
+    /// Leased to this instance and handed to its dispatcher after the commit.
+    Handover(Arc<DestRuntime>),
+    /// Due now, for whichever instance claims it.
+    Queue,
+    /// The destination's circuit is open: not due until a probe succeeds.
+    Park,
 }
 
 pub struct Hub {
@@ -67,32 +79,28 @@ impl Hub {
         }
     }
 
-    /// Room for one more delivery of `d` to be handed over in memory? On yes, the counters
-    /// are raised (undo with [`Hub::unreserve`] if the transaction fails) and the runtime to
-    /// hand it to is returned.
-    pub fn reserve(&self, d: &destination::Model) -> Option<Arc<DestRuntime>> {
-        if !self.accepting.load(Ordering::Acquire)
-            || d.ordered
-            || d.batch_size > 1
-            || !d.enabled
-            || d.deleted_at.is_some()
-        {
-            return None;
-        }
-        if self.in_memory.load(Ordering::Relaxed) >= self.max_in_memory {
-            return None;
+    /// Where a new delivery of `d` goes. [`Route::Handover`] raises the counters (undo with
+    /// [`Hub::unreserve`] if the transaction fails).
+    pub fn route(&self, d: &destination::Model) -> Route {
+        if d.ordered || d.batch_size > 1 || !d.enabled || d.deleted_at.is_some() {
+            return Route::Queue;
         }
         let rt = self.runtimes.get(d);
-        // An open circuit, or an ordered head waiting: the queue holds these until the gate.
-        if rt.health().gate.is_some_and(|g| g > now()) {
-            return None;
+        let h = rt.health();
+        // An open circuit: parked until a probe closes it (see `claim::probe_parked`).
+        if h.health == Health::Failing {
+            return Route::Park;
         }
-        if rt.waiting.load(Ordering::Relaxed) >= rt.waiting_cap() {
-            return None;
+        if !self.accepting.load(Ordering::Acquire)
+            || self.in_memory.load(Ordering::Relaxed) >= self.max_in_memory
+            || rt.waiting.load(Ordering::Relaxed) >= rt.waiting_cap()
+            || h.gate.is_some_and(|g| g > now())
+        {
+            return Route::Queue;
         }
         rt.waiting.fetch_add(1, Ordering::Relaxed);
         self.in_memory.fetch_add(1, Ordering::Relaxed);
-        Some(rt)
+        Route::Handover(rt)
     }
 
     /// Gives back reservations whose deliveries were not committed.

@@ -137,8 +137,22 @@ async fn run(engine: Arc<Engine>) {
         .map(|rx| tokio::spawn(take_handovers(engine.clone(), rx)));
     let mut groups = JoinSet::new();
     let hub = &engine.hub;
+    let mut last_probe = std::time::Instant::now() - PROBE_CHECK_EVERY;
+    let mut last_sweep = std::time::Instant::now();
     while !st.shutdown.is_cancelled() {
         while groups.try_join_next().is_some() {}
+        if last_probe.elapsed() >= PROBE_CHECK_EVERY {
+            last_probe = std::time::Instant::now();
+            probe_parked(&engine, &mut groups).await;
+        }
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = std::time::Instant::now();
+            match claim::unpark_recovered(&st.db.write, now()).await {
+                Ok(n) if n > 0 => tracing::info!(deliveries = n, "unparked after a recovery"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "unparking recovered destinations failed"),
+            }
+        }
         let room = hub
             .max_in_memory
             .saturating_sub(hub.in_memory.load(Ordering::Relaxed));
@@ -227,6 +241,57 @@ fn start_groups(
         rt.waiting.fetch_add(items.len(), Ordering::Relaxed);
         hub.in_memory.fetch_add(items.len(), Ordering::Relaxed);
         groups.spawn(unit::handle_group(engine.clone(), rt, d, items));
+    }
+}
+
+/// How often the claim loop looks for open circuits whose probe time has come.
+const PROBE_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How often deliveries parked for a circuit that has closed meanwhile are made due.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// A destination whose circuit is open has its deliveries parked (not due): when its probe
+/// time comes, one of them is claimed here and sent as the probe. Its success closes the
+/// circuit and makes the others due (`writer::release_held`).
+async fn probe_parked(engine: &Arc<Engine>, groups: &mut JoinSet<()>) {
+    let st = &engine.state;
+    let t = now();
+    let reserve = t + unit::PROBE_RESERVATION;
+    let dests = match claim::take_probes(&st.db.write, t, reserve).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "looking for due probes failed");
+            return;
+        }
+    };
+    for d in dests {
+        let rt = engine.hub.runtimes.get(&d);
+        if rt.probing.load(Ordering::Acquire) {
+            continue;
+        }
+        // The database says the probe is due (another instance may have opened the circuit):
+        // the next request of this destination here is that probe.
+        let h = rt.health();
+        rt.set_health(runtime::HealthState {
+            health: circuit::Health::Failing,
+            consecutive_failures: h
+                .consecutive_failures
+                .max(d.consecutive_failures.max(0) as u32),
+            gate: None,
+        });
+        let lease =
+            t + TimeDelta::from_std(st.config.dispatch.lease).unwrap_or(TimeDelta::seconds(30));
+        let claimed = match claim::claim_parked(&st.db.write, &st.instance_id, d.id, lease).await {
+            Ok(Some(c)) => vec![c],
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(destination = %d.id, error = %e, "claiming a probe failed");
+                continue;
+            }
+        };
+        match claim::load_context(&st.db.read, &claimed).await {
+            Ok((events, dests)) => start_groups(engine, groups, claimed, events, dests),
+            Err(e) => tracing::warn!(error = %e, "loading a probe's delivery failed"),
+        }
     }
 }
 

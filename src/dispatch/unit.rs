@@ -21,7 +21,7 @@ use crate::service::{new_id, now};
 pub(super) type Item = (Claimed, Option<Arc<event::Model>>);
 
 /// How long a probe of an open circuit reserves the destination.
-const PROBE_RESERVATION: TimeDelta = TimeDelta::seconds(60);
+pub(super) const PROBE_RESERVATION: TimeDelta = TimeDelta::seconds(60);
 
 pub(super) async fn handle_group(
     engine: Arc<Engine>,
@@ -67,7 +67,7 @@ pub(super) async fn handle_group(
             if d.lossy && h.health == Health::Failing {
                 engine.discard(c, "lossy destination is failing");
             } else {
-                engine.release(c, Some(gate));
+                hold_back(&engine, &rt, &d, c, gate);
             }
         }
         engine.done(&rt, n);
@@ -100,6 +100,23 @@ pub(super) async fn handle_group(
             set.spawn(async move { send_unit(&engine, &rt, &d, unit).await });
         }
         while set.join_next().await.is_some() {}
+    }
+}
+
+/// Gives a delivery back until `gate`. While the circuit is open it is parked instead (due
+/// again when a probe closes the circuit), so a dead destination's backlog is not claimed and
+/// given back again at every probe time. Ordered destinations keep their head waiting.
+fn hold_back(
+    engine: &Engine,
+    rt: &DestRuntime,
+    d: &destination::Model,
+    c: &Claimed,
+    gate: DateTime<Utc>,
+) {
+    if !d.ordered && rt.health().health == Health::Failing {
+        engine.release(c, None);
+    } else {
+        engine.release(c, Some(gate));
     }
 }
 
@@ -209,7 +226,7 @@ async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, un
     let probe = match admit_or_wait(rt, &st.shutdown).await {
         Err(t) => {
             for (c, _) in &unit {
-                engine.release(c, Some(t));
+                hold_back(engine, rt, d, c, t);
             }
             engine.done(rt, n);
             return;

@@ -227,6 +227,7 @@ async fn unpark<C: ConnectionTrait>(db: &C, destination_id: Uuid) -> AppResult<(
         .filter(delivery::Column::DestinationId.eq(destination_id))
         .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY"]))
         .filter(delivery::Column::NextAttemptAt.is_null())
+        .filter(delivery::Column::CompletedAt.is_null())
         .exec(db)
         .await?;
     Ok(())

@@ -20,7 +20,7 @@ use super::subscriptions::{Rule, active_rules};
 use super::{bulk, new_id, now, validate};
 use crate::auth::Principal;
 use crate::dispatch::claim::Claimed;
-use crate::dispatch::hub::{Handover, Hub};
+use crate::dispatch::hub::{Handover, Hub, Route};
 use crate::dispatch::runtime::DestRuntime;
 use crate::error::{AppError, AppResult};
 
@@ -270,14 +270,24 @@ async fn plan_and_write(db: &DatabaseConnection, hub: &Hub, jobs: &[Job]) -> App
         let mut plan = plan(&job.tenant, &job.event, rules, t);
         // Deliveries the dispatcher here has room for are leased to it now.
         for dl in &mut plan.deliveries {
-            let rt = dests.get(&dl.destination_id).and_then(|d| hub.reserve(d));
-            if rt.is_some() {
-                dl.status = "DELIVERING".into();
-                dl.next_attempt_at = Some(lease);
-                dl.lease_until = Some(lease);
-                dl.lease_owner = Some(hub.instance_id.to_string());
-            }
-            plan.handed.push(rt);
+            let route = dests
+                .get(&dl.destination_id)
+                .map_or(Route::Queue, |d| hub.route(d));
+            let handed = match route {
+                Route::Handover(rt) => {
+                    dl.status = "DELIVERING".into();
+                    dl.next_attempt_at = Some(lease);
+                    dl.lease_until = Some(lease);
+                    dl.lease_owner = Some(hub.instance_id.to_string());
+                    Some(rt)
+                }
+                Route::Park => {
+                    dl.next_attempt_at = None;
+                    None
+                }
+                Route::Queue => None,
+            };
+            plan.handed.push(handed);
         }
         if let Some(key) = &job.event.idempotency_key {
             // A second publish with the same key in this very group gets the first's event.
@@ -292,8 +302,8 @@ async fn plan_and_write(db: &DatabaseConnection, hub: &Hub, jobs: &[Job]) -> App
     }
     let queued = plans
         .iter()
-        .flat_map(|p| &p.handed)
-        .filter(|h| h.is_none())
+        .flat_map(|p| p.deliveries.iter().zip(&p.handed))
+        .filter(|(dl, h)| h.is_none() && dl.next_attempt_at.is_some())
         .count();
     let written = async {
         insert_plans(&txn, &plans).await?;

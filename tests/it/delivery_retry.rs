@@ -238,3 +238,70 @@ both!(circuit_opens_and_closes, |backend| async move {
     assert_eq!(delivered, ids);
     eprintln!("circuit test took {:?}", started.elapsed());
 });
+
+// While a circuit is open its deliveries are parked (not due: nothing claims them until a probe
+// succeeds), new ones are parked as they are published, and a restarted server — which has
+// no memory of the circuit — still probes it from the database and delivers everything.
+both!(
+    open_circuit_parks_deliveries_across_a_restart,
+    |backend| async move {
+        let db = TestDb::new(backend).await;
+        let cfg = test_config(&db);
+        let s = Server::start_on(db, cfg.clone()).await;
+        let tok = token("t1", "read write publish");
+        let rx = Receiver::start().await;
+        rx.status(500);
+        let dest = create_destination(
+            &s,
+            &tok,
+            json!({"url": rx.url(), "retrySchedule": [1], "maxAttempts": 20}),
+        )
+        .await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(publish(&s, &tok, "job.done", json!({"i": i})).await);
+        }
+        eventually(T, "circuit open", || async {
+            let st = destination_state(&s, &tok, &dest).await;
+            (st["status"] == "FAILING").then_some(())
+        })
+        .await;
+        for i in 5..8 {
+            ids.push(publish(&s, &tok, "job.done", json!({"i": i})).await);
+        }
+        // Every unfinished delivery ends up parked: waiting, and due at no particular time.
+        let q = "query($f: DeliveryFilter) { deliveries(first: 100, filter: $f) {
+               nodes { status nextAttemptAt } } }";
+        eventually(T, "all parked", || async {
+            let d = s.ok(&tok, q, json!({"f": {"destinationId": dest}})).await;
+            let nodes = d["deliveries"]["nodes"].as_array().unwrap().clone();
+            let parked = nodes.len() == 8
+                && nodes.iter().all(|n| {
+                    n["nextAttemptAt"].is_null()
+                        && matches!(n["status"].as_str(), Some("PENDING" | "AWAITING_RETRY"))
+                });
+            parked.then_some(())
+        })
+        .await;
+        let before = rx.count();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(rx.count(), before, "a parked delivery was sent");
+
+        // The receiver recovers while the server is down; the new process probes and delivers.
+        rx.status(200);
+        let ok_from = rx.count();
+        let db = s.stop().await;
+        let s = Server::start_on(db, cfg).await;
+        wait_status(&s, &tok, &dest, 8, "SUCCEEDED", Duration::from_secs(20)).await;
+        let state = destination_state(&s, &tok, &dest).await;
+        assert_eq!(state["status"], "ACTIVE");
+        let mut delivered: Vec<String> = rx.received()[ok_from..]
+            .iter()
+            .filter_map(|r| r.header("webhook-id"))
+            .collect();
+        delivered.sort();
+        delivered.dedup();
+        ids.sort();
+        assert_eq!(delivered, ids);
+    }
+);

@@ -159,6 +159,43 @@ async fn hostile_receivers_are_classified_and_survived() {
     assert!(ready.status().is_success());
 }
 
+// A receiver answering with NUL bytes and invalid UTF-8: PostgreSQL text cannot hold NUL, and
+// an attempt it refused would block every later completion (the writer retries a failed
+// flush). The attempt is recorded with the bytes replaced, and deliveries go on.
+both!(
+    nul_bytes_in_a_response_body_are_recorded,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let t = token("faults-nul", "admin");
+        let url = raw_receiver(|mut sock| async move {
+            let body = b"ok\0then\xffend";
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body).await;
+        })
+        .await;
+        let dest = create_destination(&s, &t, json!({"url": url})).await;
+        publish(&s, &t, "fault.nul", json!({})).await;
+        let ds = wait_status(&s, &t, &dest, 1, "SUCCEEDED", Duration::from_secs(20)).await;
+        let got = s
+            .ok(
+                &t,
+                "query($id: ID!) { delivery(id: $id) { attempts { responseBody } } }",
+                json!({"id": ds[0]["id"]}),
+            )
+            .await;
+        assert_eq!(
+            got["delivery"]["attempts"][0]["responseBody"], "ok\u{FFFD}then\u{FFFD}end",
+            "{got:#}"
+        );
+        // The writer is not stuck: a later delivery completes too.
+        let ok = Receiver::start().await;
+        let dest = create_destination(&s, &t, json!({"url": ok.url()})).await;
+        publish(&s, &t, "fault.after", json!({})).await;
+        wait_status(&s, &t, &dest, 1, "SUCCEEDED", Duration::from_secs(10)).await;
+    }
+);
+
 // 5xx bursts: a receiver failing for a while then recovering gets everything, once per
 // success.
 both!(five_xx_burst_then_recovery, |backend| async move {
