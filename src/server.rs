@@ -29,6 +29,7 @@ use crate::{db, dispatch};
 struct Http {
     app: AppState,
     schema: AppSchema,
+    docs: Arc<crate::graphql::DocCache>,
 }
 
 /// Installs the process-wide TLS crypto provider (reqwest is built without one). Idempotent.
@@ -91,7 +92,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<(AppState, Started)> {
         ws_connections: Arc::new(tokio::sync::Semaphore::new(
             config.limits.max_ws_connections,
         )),
-        publisher: Publisher::start(db.write.clone(), wake.clone(), hub.clone()),
+        publisher: Publisher::start(db.clone(), wake.clone(), hub.clone()),
         hub,
         writer: Writer::start(db.write.clone(), live.clone(), instance_id.clone()),
         sender,
@@ -127,6 +128,7 @@ pub async fn serve(
     let app = router(Http {
         app: state.clone(),
         schema,
+        docs: Default::default(),
     });
     let stop = token.clone();
     tokio::spawn(async move {
@@ -180,7 +182,9 @@ async fn graphql(State(http): State<Http>, headers: HeaderMap, req: GraphQLReque
             .map_err(|e| e.public_message()),
     );
     let started = std::time::Instant::now();
-    let resp = http.schema.execute(req.into_inner().data(caller)).await;
+    let mut req = req.into_inner().data(caller);
+    http.docs.prepare(&mut req);
+    let resp = http.schema.execute(req).await;
     metrics::histogram!("hookline_graphql_request_duration_seconds")
         .record(started.elapsed().as_secs_f64());
     for e in &resp.errors {

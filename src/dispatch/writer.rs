@@ -101,6 +101,9 @@ impl Writer {
 const MAX_FLUSH: usize = 2000;
 /// How long the writer gathers on PostgreSQL before a flush.
 const GATHER: Duration = Duration::from_millis(5);
+/// On SQLite a flush occupies the one writer connection that publishes wait for: fewer,
+/// larger flushes leave it free more of the time.
+const GATHER_SQLITE: Duration = Duration::from_millis(2);
 
 async fn run(
     db: DatabaseConnection,
@@ -118,7 +121,7 @@ async fn run(
     let gather = if db.get_database_backend() == DbBackend::Postgres {
         GATHER
     } else {
-        Duration::ZERO
+        GATHER_SQLITE
     };
     while closing.is_none() && rx.recv_many(&mut batch, MAX_FLUSH).await > 0 {
         if !gather.is_zero() && batch.len() < MAX_FLUSH {
@@ -389,6 +392,22 @@ async fn write_deliveries(db: &impl ConnectionTrait, ups: &[DeliveryUpdate]) -> 
     Ok(())
 }
 
+/// The ids of a JSON update again, as `a,b,c` for `d.id = ANY(string_to_array($n, ',')::uuid[])`.
+/// Joining the JSON rows alone leaves the planner free to hash them against a sequential scan
+/// of the table — and a prepared statement keeps the plan it chose while the table was small,
+/// so every flush would read the whole table. The id list gives it a primary-key lookup that
+/// is the cheapest plan at any size.
+fn id_list(ids: impl Iterator<Item = Uuid>) -> String {
+    let mut s = String::new();
+    for id in ids {
+        if !s.is_empty() {
+            s.push(',');
+        }
+        s.push_str(&id.to_string());
+    }
+    s
+}
+
 /// PostgreSQL: applies updates (distinct ids) in one statement, with the same meaning as the
 /// SQLite statements above: the attempt's facts only when an attempt was made, an error alone
 /// when a discard gives one, `completed_at` when finished.
@@ -402,7 +421,7 @@ const UPDATE_JSON: &str = "UPDATE delivery AS d SET status = u.status, \
      completed_at = CASE WHEN u.completed THEN $2 ELSE d.completed_at END \
      FROM json_to_recordset($1::json) AS u(id uuid, status text, attempt_count int4, \
        next_attempt_at timestamptz, last_status_code int4, last_error text, completed bool) \
-     WHERE d.id = u.id";
+     WHERE d.id = u.id AND d.id = ANY(string_to_array($3, ',')::uuid[])";
 
 async fn update_json(
     db: &impl ConnectionTrait,
@@ -413,7 +432,11 @@ async fn update_json(
     db.execute_raw(sea_orm::Statement::from_sql_and_values(
         DbBackend::Postgres,
         UPDATE_JSON,
-        [json.into(), t.into()],
+        [
+            json.into(),
+            t.into(),
+            id_list(ups.iter().map(|u| u.id)).into(),
+        ],
     ))
     .await?;
     Ok(())
@@ -436,7 +459,8 @@ const HEALTH_JSON: &str = "UPDATE destination AS d SET status = u.status, \
      FROM json_to_recordset($1::json) AS u(id uuid, status text, consecutive_failures int4, \
        gate timestamptz, last_success_at timestamptz, last_failure_at timestamptz, \
        last_failed_status_code int4, last_failed_reason text, disable bool) \
-     WHERE d.id = u.id AND d.deleted_at IS NULL AND d.enabled";
+     WHERE d.id = u.id AND d.id = ANY(string_to_array($3, ',')::uuid[]) \
+     AND d.deleted_at IS NULL AND d.enabled";
 
 #[derive(serde::Serialize)]
 struct HealthRow<'a> {
@@ -481,7 +505,11 @@ async fn write_health_all(
         db.execute_raw(sea_orm::Statement::from_sql_and_values(
             DbBackend::Postgres,
             HEALTH_JSON,
-            [json.into(), now().into()],
+            [
+                json.into(),
+                now().into(),
+                id_list(all.keys().copied()).into(),
+            ],
         ))
         .await?;
     }

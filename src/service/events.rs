@@ -8,8 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use entity::{delivery, destination, event};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, Select,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Select, TransactionTrait,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
@@ -19,6 +18,7 @@ use super::page::{Direction, Page, PageRequest, paginate};
 use super::subscriptions::{Rule, active_rules};
 use super::{bulk, new_id, now, validate};
 use crate::auth::Principal;
+use crate::db::Db;
 use crate::dispatch::claim::Claimed;
 use crate::dispatch::hub::{Handover, Hub, Route};
 use crate::dispatch::runtime::DestRuntime;
@@ -88,13 +88,9 @@ const PG_WRITERS: usize = 4;
 impl Publisher {
     /// Starts the writers. `wake` is notified after each commit that queued deliveries for the
     /// claim loop; deliveries handed to this instance's dispatcher go through `hub`.
-    pub fn start(db: DatabaseConnection, wake: Arc<Notify>, hub: Arc<Hub>) -> Self {
+    pub fn start(db: Db, wake: Arc<Notify>, hub: Arc<Hub>) -> Self {
         let (tx, rx) = mpsc::channel(4096);
-        let writers = if db.get_database_backend() == DbBackend::Postgres {
-            PG_WRITERS
-        } else {
-            1
-        };
+        let writers = if db.is_postgres() { PG_WRITERS } else { 1 };
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..writers {
             tokio::spawn(writer(db.clone(), rx.clone(), wake.clone(), hub.clone()));
@@ -118,7 +114,7 @@ impl Publisher {
 }
 
 async fn writer(
-    db: DatabaseConnection,
+    db: Db,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     wake: Arc<Notify>,
     hub: Arc<Hub>,
@@ -155,7 +151,7 @@ struct Written {
 /// Commits a group; answers every job. Returns how many deliveries were queued for the claim
 /// loop. If the group's transaction fails (a racing idempotency key, say), each job is retried
 /// alone so one bad job never fails the others.
-async fn commit_group(db: &DatabaseConnection, hub: &Hub, jobs: Vec<Job>) -> usize {
+async fn commit_group(db: &Db, hub: &Hub, jobs: Vec<Job>) -> usize {
     match plan_and_write(db, hub, &jobs).await {
         Ok(w) => {
             for (job, res) in jobs.into_iter().zip(w.results) {
@@ -183,7 +179,7 @@ async fn commit_group(db: &DatabaseConnection, hub: &Hub, jobs: Vec<Job>) -> usi
                 // A lone job that lost an idempotency race returns the winner's event.
                 let res = match (&e, &job.event.idempotency_key) {
                     (AppError::Conflict(_), Some(key)) => {
-                        existing_by_keys(db, &job.tenant, std::slice::from_ref(key))
+                        existing_by_keys(&db.write, &job.tenant, std::slice::from_ref(key))
                             .await
                             .and_then(|mut m| {
                                 m.remove(key).ok_or_else(|| {
@@ -231,21 +227,66 @@ async fn existing_by_keys(
 
 type Routes = (Vec<Rule>, HashMap<Uuid, Arc<destination::Model>>);
 
-async fn plan_and_write(db: &DatabaseConnection, hub: &Hub, jobs: &[Job]) -> AppResult<Written> {
-    let txn = db.begin().await?;
+async fn plan_and_write(db: &Db, hub: &Hub, jobs: &[Job]) -> AppResult<Written> {
+    // The rules and idempotency keys are read before the write, outside its transaction (the
+    // same as inside it under READ COMMITTED; a racing idempotency key still meets the unique
+    // index): on SQLite the single writer connection then only writes. PostgreSQL writes a
+    // group in one statement, atomic by itself.
+    let group = plan_group(&db.read, hub, jobs).await?;
+    if db.is_postgres() {
+        let wake = group.written.queued > 0;
+        let res = insert_plans_pg(&db.write, &group.plans, wake).await;
+        return finish(hub, group, res);
+    }
+    let txn = db.write.begin().await?;
+    let res = async {
+        insert_plans(&txn, &group.plans).await?;
+        txn.commit().await?;
+        AppResult::Ok(())
+    }
+    .await;
+    finish(hub, group, res)
+}
+
+/// A group planned: what to write, where its deliveries go, what to answer.
+struct Group<'a> {
+    routes: HashMap<&'a str, Routes>,
+    plans: Vec<Plan>,
+    written: Written,
+}
+
+/// After the write: hand over what was leased here, or give the reservations back.
+fn finish(hub: &Hub, group: Group<'_>, res: AppResult<()>) -> AppResult<Written> {
+    if let Err(e) = res {
+        for rt in group.plans.iter().flat_map(|p| &p.handed).flatten() {
+            hub.unreserve(rt, 1);
+        }
+        return Err(e);
+    }
+    hand_over(hub, &group.routes, group.plans);
+    Ok(group.written)
+}
+
+/// Reads the rules and idempotency keys and plans every job: the events, their deliveries
+/// and each delivery's route (reserving room here for those handed over).
+async fn plan_group<'a>(
+    db: &impl ConnectionTrait,
+    hub: &Hub,
+    jobs: &'a [Job],
+) -> AppResult<Group<'a>> {
     // Rules and existing idempotency keys, one query each per tenant in the group.
     let mut routes: HashMap<&str, Routes> = HashMap::new();
     let mut existing: HashMap<(&str, String), event::Model> = HashMap::new();
     for job in jobs {
         if !routes.contains_key(job.tenant.as_str()) {
-            routes.insert(&job.tenant, active_rules(&txn, &job.tenant).await?);
+            routes.insert(&job.tenant, active_rules(db, &job.tenant).await?);
             let keys: Vec<String> = jobs
                 .iter()
                 .filter(|j| j.tenant == job.tenant)
                 .filter_map(|j| j.event.idempotency_key.clone())
                 .collect();
             if !keys.is_empty() {
-                for (k, e) in existing_by_keys(&txn, &job.tenant, &keys).await? {
+                for (k, e) in existing_by_keys(db, &job.tenant, &keys).await? {
                     existing.insert((&job.tenant, k), e);
                 }
             }
@@ -305,23 +346,11 @@ async fn plan_and_write(db: &DatabaseConnection, hub: &Hub, jobs: &[Job]) -> App
         .flat_map(|p| p.deliveries.iter().zip(&p.handed))
         .filter(|(dl, h)| h.is_none() && dl.next_attempt_at.is_some())
         .count();
-    let written = async {
-        insert_plans(&txn, &plans).await?;
-        if queued > 0 {
-            crate::live::pg::wake_others(&txn).await?;
-        }
-        txn.commit().await?;
-        AppResult::Ok(())
-    }
-    .await;
-    if let Err(e) = written {
-        for rt in plans.iter().flat_map(|p| &p.handed).flatten() {
-            hub.unreserve(rt, 1);
-        }
-        return Err(e);
-    }
-    hand_over(hub, &routes, plans);
-    Ok(Written { results, queued })
+    Ok(Group {
+        routes,
+        plans,
+        written: Written { results, queued },
+    })
 }
 
 /// Passes the committed deliveries that were leased to this instance to its dispatcher, one
@@ -405,6 +434,33 @@ pub fn new_delivery(ev: &event::Model, destination_id: Uuid, t: DateTime<Utc>) -
         created_at: t,
         completed_at: None,
     }
+}
+
+/// PostgreSQL: a group's events and deliveries in one statement (one round trip, one commit),
+/// waking the other instances in it when some deliveries are left for the queue.
+async fn insert_plans_pg(db: &impl ConnectionTrait, plans: &[Plan], wake: bool) -> AppResult<()> {
+    let events: Vec<&event::Model> = plans.iter().map(|p| &*p.event).collect();
+    let deliveries: Vec<&delivery::Model> = plans.iter().flat_map(|p| &p.deliveries).collect();
+    db.execute_raw(sea_orm::Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "WITH e AS (INSERT INTO \"event\" \
+           SELECT * FROM json_populate_recordset(NULL::\"event\", $1::json)), \
+         d AS (INSERT INTO delivery \
+           SELECT * FROM json_populate_recordset(NULL::delivery, $2::json)) \
+         SELECT pg_notify($3, '') WHERE $4",
+        [
+            to_json(&events)?.into(),
+            to_json(&deliveries)?.into(),
+            crate::live::pg::WAKE.into(),
+            wake.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(rows: &T) -> AppResult<String> {
+    serde_json::to_string(rows).map_err(|e| AppError::internal("encode rows", e))
 }
 
 async fn insert_plans(db: &impl ConnectionTrait, plans: &[Plan]) -> AppResult<()> {
