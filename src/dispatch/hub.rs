@@ -82,16 +82,24 @@ impl Hub {
     /// Where a new delivery of `d` goes. [`Route::Handover`] raises the counters (undo with
     /// [`Hub::unreserve`] if the transaction fails).
     pub fn route(&self, d: &destination::Model) -> Route {
-        if d.ordered || d.batch_size > 1 || !d.enabled || d.deleted_at.is_some() {
+        if !d.enabled || d.deleted_at.is_some() {
             return Route::Queue;
         }
         let rt = self.runtimes.get(d);
         let h = rt.health();
-        // An open circuit: parked until a probe closes it (see `claim::probe_parked`).
+        // An open circuit: parked until a probe closes it (see `probe_parked` in the claim
+        // loop). Not for ordered destinations (their head waits in the queue) nor lossy ones
+        // (the dispatcher discards what they are sent while they fail).
         if h.health == Health::Failing {
-            return Route::Park;
+            return if d.ordered || d.lossy {
+                Route::Queue
+            } else {
+                Route::Park
+            };
         }
-        if !self.accepting.load(Ordering::Acquire)
+        if d.ordered
+            || d.batch_size > 1
+            || !self.accepting.load(Ordering::Acquire)
             || self.in_memory.load(Ordering::Relaxed) >= self.max_in_memory
             || rt.waiting.load(Ordering::Relaxed) >= rt.waiting_cap()
             || h.gate.is_some_and(|g| g > now())

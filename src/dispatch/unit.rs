@@ -105,7 +105,8 @@ pub(super) async fn handle_group(
 
 /// Gives a delivery back until `gate`. While the circuit is open it is parked instead (due
 /// again when a probe closes the circuit), so a dead destination's backlog is not claimed and
-/// given back again at every probe time. Ordered destinations keep their head waiting.
+/// given back again at every probe time. Ordered destinations keep their head waiting; lossy
+/// ones are not parked (what they are sent while failing is discarded).
 fn hold_back(
     engine: &Engine,
     rt: &DestRuntime,
@@ -113,7 +114,7 @@ fn hold_back(
     c: &Claimed,
     gate: DateTime<Utc>,
 ) {
-    if !d.ordered && rt.health().health == Health::Failing {
+    if !d.ordered && !d.lossy && rt.health().health == Health::Failing {
         engine.release(c, None);
     } else {
         engine.release(c, Some(gate));

@@ -177,7 +177,10 @@ mod doc_cache_tests {
         cache.prepare(&mut bad);
         assert_eq!(cache.docs.lock().unwrap().len(), 1);
         // Too long to cache.
-        let long = format!("query {{ __typename }} #{}", "x".repeat(DocCache::MAX_QUERY_BYTES));
+        let long = format!(
+            "query {{ __typename }} #{}",
+            "x".repeat(DocCache::MAX_QUERY_BYTES)
+        );
         cache.prepare(&mut async_graphql::Request::new(long));
         assert_eq!(cache.docs.lock().unwrap().len(), 1);
         // Full: starts over instead of growing.

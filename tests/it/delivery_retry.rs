@@ -305,3 +305,39 @@ both!(
         assert_eq!(delivered, ids);
     }
 );
+
+// A lossy destination is never parked: while its circuit is open, what it is sent is
+// discarded at once instead of waiting for the probe.
+both!(
+    lossy_destination_discards_while_failing,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let tok = token("t1", "read write publish");
+        let rx = Receiver::start().await;
+        rx.status(500);
+        let dest = create_destination(&s, &tok, json!({"url": rx.url(), "lossy": true})).await;
+        for i in 0..5 {
+            publish(&s, &tok, "job.done", json!({"i": i})).await;
+        }
+        eventually(T, "circuit open", || async {
+            let st = destination_state(&s, &tok, &dest).await;
+            (st["status"] == "FAILING").then_some(())
+        })
+        .await;
+        for i in 5..7 {
+            publish(&s, &tok, "job.done", json!({"i": i})).await;
+        }
+        let ds = wait_status(&s, &tok, &dest, 7, "DISCARDED", T).await;
+        let skipped = ds
+            .iter()
+            .filter(|d| d["attemptCount"] == 0)
+            .map(|d| d["lastError"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>();
+        assert_eq!(
+            skipped,
+            vec!["lossy destination is failing"; 2],
+            "{:#}",
+            serde_json::Value::from(ds.clone())
+        );
+    }
+);
