@@ -58,6 +58,10 @@ pub struct Hub {
     pub instance_id: Arc<str>,
     /// True while a dispatcher runs here and takes hand-overs.
     accepting: AtomicBool,
+    /// Bumped after every committed change that can alter which destinations an event
+    /// reaches or how (destinations, subscriptions; see `graphql::RulesChanged`). The
+    /// publisher keeps rules read at the current generation (SQLite only: one instance).
+    rules_generation: std::sync::atomic::AtomicU64,
     inbox: mpsc::UnboundedSender<Handover>,
     inbox_rx: Mutex<Option<mpsc::UnboundedReceiver<Handover>>>,
 }
@@ -74,6 +78,7 @@ impl Hub {
             lease,
             instance_id,
             accepting: AtomicBool::new(false),
+            rules_generation: Default::default(),
             inbox,
             inbox_rx: Mutex::new(Some(rx)),
         }
@@ -109,6 +114,15 @@ impl Hub {
         rt.waiting.fetch_add(1, Ordering::Relaxed);
         self.in_memory.fetch_add(1, Ordering::Relaxed);
         Route::Handover(rt)
+    }
+
+    pub fn rules_generation(&self) -> u64 {
+        self.rules_generation.load(Ordering::Acquire)
+    }
+
+    /// Call after committing a change to destinations or subscriptions.
+    pub fn rules_changed(&self) {
+        self.rules_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Gives back reservations whose deliveries were not committed.

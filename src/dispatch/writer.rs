@@ -72,9 +72,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(db: DatabaseConnection, live: LiveBus, instance_id: Arc<str>) -> Self {
+    pub fn start(
+        db: DatabaseConnection,
+        live: LiveBus,
+        instance_id: Arc<str>,
+        hub: Arc<super::hub::Hub>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(db, live, instance_id, rx));
+        tokio::spawn(run(db, live, instance_id, hub, rx));
         Self { tx }
     }
 
@@ -109,6 +114,7 @@ async fn run(
     db: DatabaseConnection,
     live: LiveBus,
     instance_id: Arc<str>,
+    hub: Arc<super::hub::Hub>,
     mut rx: mpsc::UnboundedReceiver<WriterMsg>,
 ) {
     let mut book = RollupBook::new(instance_id.clone());
@@ -160,6 +166,10 @@ async fn run(
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+        if flush.health.values().any(|h| h.disable) {
+            // 410 Gone switched a destination off: it no longer takes events.
+            hub.rules_changed();
         }
         metrics::counter!("hookline_attempts_total", "outcome" => "success")
             .increment(flush.successes);

@@ -73,12 +73,78 @@ pub fn build_schema(state: AppState) -> AppSchema {
     Schema::build(Query, Mutation, Subscription)
         .data(loaders::Loaders::new(state.db.clone()))
         .extension(loaders::HoldBatches)
+        .extension(RulesChanged(state.hub.clone()))
         .data(state)
         .limit_depth(limits.max_query_depth)
         .limit_complexity(limits.max_query_complexity)
         .limit_recursive_depth(32)
         .limit_directives(16)
         .finish()
+}
+
+/// Tells the publisher's rules cache ([`crate::dispatch::hub::Hub::rules_generation`]) that
+/// rules may have changed, once a mutation other than publishing has finished (its writes are
+/// committed by then). Decided from the document, conservatively: any top-level mutation
+/// field but `publishEvent` and `sendTestEvent`, or one hidden in a fragment, counts.
+struct RulesChanged(std::sync::Arc<crate::dispatch::hub::Hub>);
+
+impl async_graphql::extensions::ExtensionFactory for RulesChanged {
+    fn create(&self) -> std::sync::Arc<dyn async_graphql::extensions::Extension> {
+        std::sync::Arc::new(RulesChangedRequest {
+            hub: self.0.clone(),
+            changes: Default::default(),
+        })
+    }
+}
+
+struct RulesChangedRequest {
+    hub: std::sync::Arc<crate::dispatch::hub::Hub>,
+    changes: std::sync::atomic::AtomicBool,
+}
+
+#[async_graphql::async_trait::async_trait]
+impl async_graphql::extensions::Extension for RulesChangedRequest {
+    async fn parse_query(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        query: &str,
+        variables: &async_graphql::Variables,
+        next: async_graphql::extensions::NextParseQuery<'_>,
+    ) -> async_graphql::ServerResult<async_graphql::parser::types::ExecutableDocument> {
+        use async_graphql::parser::types::{OperationType, Selection};
+        let doc = next.run(ctx, query, variables).await?;
+        let changes = doc.operations.iter().any(|(_, op)| {
+            op.node.ty == OperationType::Mutation
+                && op
+                    .node
+                    .selection_set
+                    .node
+                    .items
+                    .iter()
+                    .any(|item| match &item.node {
+                        Selection::Field(f) => {
+                            !matches!(f.node.name.node.as_str(), "publishEvent" | "sendTestEvent")
+                        }
+                        _ => true,
+                    })
+        });
+        self.changes
+            .store(changes, std::sync::atomic::Ordering::Relaxed);
+        Ok(doc)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: async_graphql::extensions::NextExecute<'_>,
+    ) -> async_graphql::Response {
+        let resp = next.run(ctx, operation_name).await;
+        if self.changes.load(std::sync::atomic::Ordering::Relaxed) {
+            self.hub.rules_changed();
+        }
+        resp
+    }
 }
 
 /// The SDL of the schema, as `hookline print-schema` prints it and `schema.graphql` holds it.

@@ -120,13 +120,17 @@ async fn writer(
     hub: Arc<Hub>,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
+    // SQLite serves one instance, so every change to the rules happens here and bumps
+    // `Hub::rules_generation`: the rules can be kept between groups. PostgreSQL may be
+    // shared with other instances: it reads them for every group.
+    let mut cache = (!db.is_postgres()).then(RulesCache::default);
     loop {
         // The lock is held only while gathering, never across a commit.
         if rx.lock().await.recv_many(&mut group, MAX_GROUP).await == 0 {
             return;
         }
         let jobs = std::mem::take(&mut group);
-        let queued = commit_group(&db, &hub, jobs).await;
+        let queued = commit_group(&db, &hub, cache.as_mut(), jobs).await;
         if queued > 0 {
             wake.notify_one();
         }
@@ -151,8 +155,13 @@ struct Written {
 /// Commits a group; answers every job. Returns how many deliveries were queued for the claim
 /// loop. If the group's transaction fails (a racing idempotency key, say), each job is retried
 /// alone so one bad job never fails the others.
-async fn commit_group(db: &Db, hub: &Hub, jobs: Vec<Job>) -> usize {
-    match plan_and_write(db, hub, &jobs).await {
+async fn commit_group(
+    db: &Db,
+    hub: &Hub,
+    mut cache: Option<&mut RulesCache>,
+    jobs: Vec<Job>,
+) -> usize {
+    match plan_and_write(db, hub, cache.as_deref_mut(), &jobs).await {
         Ok(w) => {
             for (job, res) in jobs.into_iter().zip(w.results) {
                 let _ = job.reply.send(Ok(res));
@@ -162,7 +171,8 @@ async fn commit_group(db: &Db, hub: &Hub, jobs: Vec<Job>) -> usize {
         Err(_) if jobs.len() > 1 => {
             let mut n = 0;
             for job in jobs {
-                let res = plan_and_write(db, hub, std::slice::from_ref(&job)).await;
+                let res =
+                    plan_and_write(db, hub, cache.as_deref_mut(), std::slice::from_ref(&job)).await;
                 let res = match res {
                     Ok(mut w) => {
                         n += w.queued;
@@ -227,12 +237,56 @@ async fn existing_by_keys(
 
 type Routes = (Vec<Rule>, HashMap<Uuid, Arc<destination::Model>>);
 
-async fn plan_and_write(db: &Db, hub: &Hub, jobs: &[Job]) -> AppResult<Written> {
+/// Each tenant's rules as read at a rules generation (see [`Hub::rules_generation`]).
+#[derive(Default)]
+struct RulesCache {
+    tenants: HashMap<String, (u64, Arc<Routes>)>,
+}
+
+impl RulesCache {
+    /// Tenants kept at most; past that the cache starts over.
+    const TENANTS: usize = 1024;
+}
+
+/// The tenant's rules: from the cache when no rule changed since they were read.
+async fn routes_of(
+    db: &impl ConnectionTrait,
+    hub: &Hub,
+    cache: Option<&mut RulesCache>,
+    tenant: &str,
+) -> AppResult<Arc<Routes>> {
+    let Some(cache) = cache else {
+        return Ok(Arc::new(active_rules(db, tenant).await?));
+    };
+    // Read before the query: a change that commits meanwhile bumps past it, so what the
+    // query returns is never kept under a generation newer than the data it saw.
+    let generation = hub.rules_generation();
+    if let Some((g, routes)) = cache.tenants.get(tenant)
+        && *g == generation
+    {
+        return Ok(routes.clone());
+    }
+    let routes = Arc::new(active_rules(db, tenant).await?);
+    if cache.tenants.len() >= RulesCache::TENANTS {
+        cache.tenants.clear();
+    }
+    cache
+        .tenants
+        .insert(tenant.to_string(), (generation, routes.clone()));
+    Ok(routes)
+}
+
+async fn plan_and_write(
+    db: &Db,
+    hub: &Hub,
+    cache: Option<&mut RulesCache>,
+    jobs: &[Job],
+) -> AppResult<Written> {
     // The rules and idempotency keys are read before the write, outside its transaction (the
     // same as inside it under READ COMMITTED; a racing idempotency key still meets the unique
     // index): on SQLite the single writer connection then only writes. PostgreSQL writes a
     // group in one statement, atomic by itself.
-    let group = plan_group(&db.read, hub, jobs).await?;
+    let group = plan_group(&db.read, hub, cache, jobs).await?;
     if db.is_postgres() {
         let wake = group.written.queued > 0;
         let res = insert_plans_pg(&db.write, &group.plans, wake).await;
@@ -250,7 +304,7 @@ async fn plan_and_write(db: &Db, hub: &Hub, jobs: &[Job]) -> AppResult<Written> 
 
 /// A group planned: what to write, where its deliveries go, what to answer.
 struct Group<'a> {
-    routes: HashMap<&'a str, Routes>,
+    routes: HashMap<&'a str, Arc<Routes>>,
     plans: Vec<Plan>,
     written: Written,
 }
@@ -272,14 +326,16 @@ fn finish(hub: &Hub, group: Group<'_>, res: AppResult<()>) -> AppResult<Written>
 async fn plan_group<'a>(
     db: &impl ConnectionTrait,
     hub: &Hub,
+    mut cache: Option<&mut RulesCache>,
     jobs: &'a [Job],
 ) -> AppResult<Group<'a>> {
     // Rules and existing idempotency keys, one query each per tenant in the group.
-    let mut routes: HashMap<&str, Routes> = HashMap::new();
+    let mut routes: HashMap<&str, Arc<Routes>> = HashMap::new();
     let mut existing: HashMap<(&str, String), event::Model> = HashMap::new();
     for job in jobs {
         if !routes.contains_key(job.tenant.as_str()) {
-            routes.insert(&job.tenant, active_rules(db, &job.tenant).await?);
+            let r = routes_of(db, hub, cache.as_deref_mut(), &job.tenant).await?;
+            routes.insert(&job.tenant, r);
             let keys: Vec<String> = jobs
                 .iter()
                 .filter(|j| j.tenant == job.tenant)
@@ -307,7 +363,7 @@ async fn plan_group<'a>(
             });
             continue;
         }
-        let (rules, dests) = &routes[job.tenant.as_str()];
+        let (rules, dests) = &*routes[job.tenant.as_str()];
         let mut plan = plan(&job.tenant, &job.event, rules, t);
         // Deliveries the dispatcher here has room for are leased to it now.
         for dl in &mut plan.deliveries {
@@ -355,14 +411,14 @@ async fn plan_group<'a>(
 
 /// Passes the committed deliveries that were leased to this instance to its dispatcher, one
 /// hand-over per destination.
-fn hand_over(hub: &Hub, routes: &HashMap<&str, Routes>, plans: Vec<Plan>) {
+fn hand_over(hub: &Hub, routes: &HashMap<&str, Arc<Routes>>, plans: Vec<Plan>) {
     let mut by_dest: HashMap<Uuid, Handover> = HashMap::new();
     for p in plans {
         for (dl, rt) in p.deliveries.iter().zip(p.handed) {
             let Some(rt) = rt else { continue };
             let Some(d) = routes
                 .get(dl.tenant_id.as_str())
-                .and_then(|(_, dests)| dests.get(&dl.destination_id))
+                .and_then(|r| r.1.get(&dl.destination_id))
             else {
                 continue;
             };

@@ -362,3 +362,79 @@ async fn two_dispatchers_share_one_postgres() {
     conn.close().await.ok();
     drop(b);
 }
+
+// Every change to the rules applies to the very next publish (SQLite keeps the rules between
+// publishes and must drop them on each change): a new destination, a narrowed subscription,
+// a disabled destination, and one switched off by a 410 Gone.
+both!(
+    rule_changes_apply_to_the_next_publish,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let tok = token("rules", "read write publish");
+        let a = Receiver::start().await;
+        let da = create_destination(&s, &tok, json!({"url": a.url()})).await;
+        publish(&s, &tok, "order.created", json!({"n": 1})).await;
+        a.wait_for(1, Duration::from_secs(10)).await;
+
+        // A destination created now gets the next event.
+        let b = Receiver::start().await;
+        let db = create_destination(&s, &tok, json!({"url": b.url()})).await;
+        publish(&s, &tok, "order.created", json!({"n": 2})).await;
+        b.wait_for(1, Duration::from_secs(10)).await;
+
+        // Narrowing a's subscription: the next order event no longer reaches it.
+        let subs = s
+            .ok(
+                &tok,
+                "query($id: ID!) { destination(id: $id) { eventSubscriptions { id } } }",
+                json!({"id": da}),
+            )
+            .await;
+        let sub = subs["destination"]["eventSubscriptions"][0]["id"].clone();
+        s.ok(
+        &tok,
+        "mutation($id: ID!) { updateEventSubscription(id: $id, input: {eventTypes: [\"user.*\"]}) { id } }",
+        json!({"id": sub}),
+    )
+    .await;
+        // Disabling b: it gets nothing more either.
+        s.ok(
+            &tok,
+            "mutation($id: ID!) { disableDestination(id: $id) { id } }",
+            json!({"id": db}),
+        )
+        .await;
+        publish(&s, &tok, "order.created", json!({"n": 3})).await;
+        // A 410 from c switches c off; its next event goes nowhere.
+        let c = Receiver::start().await;
+        c.status(410);
+        let dc = create_destination(&s, &tok, json!({"url": c.url()})).await;
+        publish(&s, &tok, "user.created", json!({"n": 4})).await;
+        eventually(Duration::from_secs(10), "c disabled by 410", || async {
+            let st = destination_state(&s, &tok, &dc).await;
+            (st["enabled"] == false).then_some(())
+        })
+        .await;
+        publish(&s, &tok, "user.created", json!({"n": 5})).await;
+        // a gets 1 and 2 (every event then), not 3 (narrowed to user.*), then 4 and 5.
+        let got = a.wait_for(4, Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ns = |r: &Receiver| -> Vec<i64> {
+            r.received()
+                .iter()
+                .map(|x| x.json()["data"]["n"].as_i64().unwrap())
+                .collect()
+        };
+        assert_eq!(got.len(), 4);
+        let mut na = ns(&a);
+        na.sort();
+        assert_eq!(na, vec![1, 2, 4, 5], "a");
+        assert_eq!(ns(&b), vec![2], "b");
+        assert_eq!(ns(&c), vec![4], "c");
+        assert_eq!(
+            deliveries_of(&s, &tok, &dc).await.len(),
+            1,
+            "c got a delivery after its 410"
+        );
+    }
+);
