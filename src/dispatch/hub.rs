@@ -96,7 +96,11 @@ impl Hub {
         // loop). Not for ordered destinations (their head waits in the queue) nor lossy ones
         // (the dispatcher discards what they are sent while they fail).
         if h.health == Health::Failing {
-            return if d.ordered || d.lossy {
+            // Once the probe is due and none is in flight, the next delivery may be it: due
+            // now rather than parked until the next `take_probes` pass finds something.
+            let probe_due =
+                h.gate.is_none_or(|g| g <= now()) && !rt.probing.load(Ordering::Acquire);
+            return if d.ordered || d.lossy || probe_due {
                 Route::Queue
             } else {
                 Route::Park

@@ -10,6 +10,32 @@ use crate::harness::*;
 
 const T: Duration = Duration::from_secs(15);
 
+/// A destination (settings `extra` over a 1 s retry schedule) whose receiver answers 500, with
+/// its circuit opened by five failed deliveries. Returns the destination and the events.
+async fn failing_destination(
+    s: &Server,
+    tok: &str,
+    rx: &Receiver,
+    extra: serde_json::Value,
+) -> (String, Vec<String>) {
+    rx.status(500);
+    let mut input = json!({"url": rx.url(), "retrySchedule": [1], "maxAttempts": 20});
+    for (k, v) in extra.as_object().unwrap() {
+        input[k] = v.clone();
+    }
+    let dest = create_destination(s, tok, input).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(publish(s, tok, "job.done", json!({"i": i})).await);
+    }
+    eventually(T, "circuit open", || async {
+        let st = destination_state(s, tok, &dest).await;
+        (st["status"] == "FAILING").then_some(())
+    })
+    .await;
+    (dest, ids)
+}
+
 both!(retries_until_success, |backend| async move {
     let s = Server::start(backend).await;
     let tok = token("t1", "read write publish");
@@ -181,23 +207,9 @@ both!(circuit_opens_and_closes, |backend| async move {
     let s = Server::start(backend).await;
     let tok = token("t1", "read write publish");
     let rx = Receiver::start().await;
-    rx.status(500);
-    let dest = create_destination(
-        &s,
-        &tok,
-        json!({"url": rx.url(), "retrySchedule": [1], "maxAttempts": 20}),
-    )
-    .await;
     // Five deliveries fail at once: five consecutive failures open the circuit.
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        ids.push(publish(&s, &tok, "job.done", json!({"i": i})).await);
-    }
-    let state = eventually(T, "circuit open", || async {
-        let st = destination_state(&s, &tok, &dest).await;
-        (st["status"] == "FAILING").then_some(st)
-    })
-    .await;
+    let (dest, mut ids) = failing_destination(&s, &tok, &rx, json!({})).await;
+    let state = destination_state(&s, &tok, &dest).await;
     let opened = Instant::now();
     assert!(
         state["failureDetails"]["consecutiveFailures"]
@@ -250,22 +262,7 @@ both!(
         let s = Server::start_on(db, cfg.clone()).await;
         let tok = token("t1", "read write publish");
         let rx = Receiver::start().await;
-        rx.status(500);
-        let dest = create_destination(
-            &s,
-            &tok,
-            json!({"url": rx.url(), "retrySchedule": [1], "maxAttempts": 20}),
-        )
-        .await;
-        let mut ids = Vec::new();
-        for i in 0..5 {
-            ids.push(publish(&s, &tok, "job.done", json!({"i": i})).await);
-        }
-        eventually(T, "circuit open", || async {
-            let st = destination_state(&s, &tok, &dest).await;
-            (st["status"] == "FAILING").then_some(())
-        })
-        .await;
+        let (dest, mut ids) = failing_destination(&s, &tok, &rx, json!({})).await;
         for i in 5..8 {
             ids.push(publish(&s, &tok, "job.done", json!({"i": i})).await);
         }
@@ -314,16 +311,7 @@ both!(
         let s = Server::start(backend).await;
         let tok = token("t1", "read write publish");
         let rx = Receiver::start().await;
-        rx.status(500);
-        let dest = create_destination(&s, &tok, json!({"url": rx.url(), "lossy": true})).await;
-        for i in 0..5 {
-            publish(&s, &tok, "job.done", json!({"i": i})).await;
-        }
-        eventually(T, "circuit open", || async {
-            let st = destination_state(&s, &tok, &dest).await;
-            (st["status"] == "FAILING").then_some(())
-        })
-        .await;
+        let (dest, _) = failing_destination(&s, &tok, &rx, json!({"lossy": true})).await;
         for i in 5..7 {
             publish(&s, &tok, "job.done", json!({"i": i})).await;
         }
@@ -339,5 +327,30 @@ both!(
             "{:#}",
             serde_json::Value::from(ds.clone())
         );
+    }
+);
+
+// A failing destination with nothing left to probe: once its probe time has passed, the next
+// event is sent at once as the probe (it is not parked until some later probe pass).
+both!(
+    sparse_traffic_probes_with_the_next_event,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let tok = token("t1", "read write publish");
+        let rx = Receiver::start().await;
+        let (dest, _) = failing_destination(&s, &tok, &rx, json!({"maxAttempts": 1})).await;
+        let opened = Instant::now();
+        wait_status(&s, &tok, &dest, 5, "FAILED", T).await;
+        rx.status(200);
+        // The first probe time is 5 s after the circuit opened.
+        tokio::time::sleep(Duration::from_millis(6000).saturating_sub(opened.elapsed())).await;
+        let before = rx.count();
+        publish(&s, &tok, "job.done", json!({"i": 5})).await;
+        rx.wait_for(before + 1, Duration::from_secs(5)).await;
+        eventually(T, "circuit closed", || async {
+            let st = destination_state(&s, &tok, &dest).await;
+            (st["status"] == "ACTIVE").then_some(())
+        })
+        .await;
     }
 );
