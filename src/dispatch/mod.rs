@@ -1,7 +1,9 @@
-//! The delivery engine. The loop here only moves data: it claims due deliveries, groups them
-//! by destination, passes each group through the gates (deleted, disabled, expired, circuit,
-//! batching window, FIFO), sends, and hands the results to the completion writer. Decisions
-//! are pure functions in [`retry`], [`circuit`], [`signing`] and [`payload`].
+//! The delivery engine. The loop here only moves data: it claims due deliveries (and takes
+//! fresh ones the publisher hands over in memory, see [`hub`]), groups them by destination,
+//! passes each group through the gates (deleted, disabled, expired, circuit, batching window,
+//! FIFO), sends, and hands the results to the completion writer. While a destination's circuit
+//! is open its deliveries are parked; the loop takes each due probe from the database.
+//! Decisions are pure functions in [`retry`], [`circuit`], [`signing`] and [`payload`].
 
 pub mod circuit;
 pub mod claim;

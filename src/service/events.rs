@@ -420,6 +420,9 @@ fn hand_over(hub: &Hub, routes: &HashMap<&str, Arc<Routes>>, plans: Vec<Plan>) {
                 .get(dl.tenant_id.as_str())
                 .and_then(|r| r.1.get(&dl.destination_id))
             else {
+                // Cannot happen (the route was chosen from this row); if it did, the lease
+                // would bring the delivery back.
+                hub.unreserve(&rt, 1);
                 continue;
             };
             by_dest
