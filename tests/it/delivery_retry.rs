@@ -10,6 +10,17 @@ use crate::harness::*;
 
 const T: Duration = Duration::from_secs(15);
 
+/// The distinct `webhook-id`s the receiver got from its `from`-th request on, sorted.
+fn received_ids(rx: &Receiver, from: usize) -> Vec<String> {
+    let mut ids: Vec<String> = rx.received()[from..]
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 /// A destination (settings `extra` over a 1 s retry schedule) whose receiver answers 500, with
 /// its circuit opened by five failed deliveries. Returns the destination and the events.
 async fn failing_destination(
@@ -239,15 +250,8 @@ both!(circuit_opens_and_closes, |backend| async move {
     let state = destination_state(&s, &tok, &dest).await;
     assert_eq!(state["status"], "ACTIVE");
     assert_eq!(state["failureDetails"]["consecutiveFailures"], 0);
-    let got = rx.received();
-    let mut delivered: Vec<String> = got[ok_from..]
-        .iter()
-        .filter_map(|r| r.header("webhook-id"))
-        .collect();
-    delivered.sort();
-    delivered.dedup();
     ids.sort();
-    assert_eq!(delivered, ids);
+    assert_eq!(received_ids(&rx, ok_from), ids);
     eprintln!("circuit test took {:?}", started.elapsed());
 });
 
@@ -292,14 +296,8 @@ both!(
         wait_status(&s, &tok, &dest, 8, "SUCCEEDED", Duration::from_secs(20)).await;
         let state = destination_state(&s, &tok, &dest).await;
         assert_eq!(state["status"], "ACTIVE");
-        let mut delivered: Vec<String> = rx.received()[ok_from..]
-            .iter()
-            .filter_map(|r| r.header("webhook-id"))
-            .collect();
-        delivered.sort();
-        delivered.dedup();
         ids.sort();
-        assert_eq!(delivered, ids);
+        assert_eq!(received_ids(&rx, ok_from), ids);
     }
 );
 
