@@ -51,8 +51,8 @@ impl Mutation {
         let id = parse_id("id", &id)?;
         let st = state(ctx)?;
         let (patch, expected) = input.into_patch();
-        let switched = patch.enabled.is_some();
-        let d = destinations::update(&st.db.write, &st.cipher, p, id, patch, expected).await?;
+        let (d, switched) =
+            destinations::update(&st.db.write, &st.cipher, p, id, patch, expected).await?;
         if switched {
             enabled_changed(st, &d).await;
         }
@@ -72,8 +72,11 @@ impl Mutation {
         let p = require(ctx, Scope::Write)?;
         let id = parse_id("id", &id)?;
         let st = state(ctx)?;
-        let d = destinations::set_enabled(&st.db.write, &st.cipher, p, id, true).await?;
-        enabled_changed(st, &d).await;
+        let (d, switched) =
+            destinations::set_enabled(&st.db.write, &st.cipher, p, id, true).await?;
+        if switched {
+            enabled_changed(st, &d).await;
+        }
         Ok(Destination(d))
     }
 
@@ -81,8 +84,11 @@ impl Mutation {
         let p = require(ctx, Scope::Write)?;
         let id = parse_id("id", &id)?;
         let st = state(ctx)?;
-        let d = destinations::set_enabled(&st.db.write, &st.cipher, p, id, false).await?;
-        enabled_changed(st, &d).await;
+        let (d, switched) =
+            destinations::set_enabled(&st.db.write, &st.cipher, p, id, false).await?;
+        if switched {
+            enabled_changed(st, &d).await;
+        }
         Ok(Destination(d))
     }
 
@@ -224,8 +230,8 @@ impl Mutation {
     }
 }
 
-/// Live subscribers hear about a user switching a destination on or off, as they do about
-/// health changes.
+/// Live subscribers hear about a user switching a destination on or off (an `enabled` given
+/// but unchanged is no switch), as they do about health changes.
 async fn enabled_changed(st: &crate::state::AppState, d: &entity::destination::Model) {
     let change = crate::live::StatusChange {
         tenant_id: d.tenant_id.clone(),

@@ -182,6 +182,7 @@ async fn save_versioned<C: ConnectionTrait>(
     Ok(m)
 }
 
+/// The saved destination, and whether `enabled` changed (a user switched it on or off).
 pub async fn update<C: ConnectionTrait>(
     db: &C,
     cipher: &Cipher,
@@ -189,7 +190,7 @@ pub async fn update<C: ConnectionTrait>(
     id: Uuid,
     patch: DestinationPatch,
     expected_version: Option<i32>,
-) -> AppResult<destination::Model> {
+) -> AppResult<(destination::Model, bool)> {
     let mut m = get_required(db, p, id).await?;
     if let Some(v) = expected_version
         && v != m.version
@@ -211,7 +212,8 @@ pub async fn update<C: ConnectionTrait>(
     if saved.enabled && !was_enabled {
         unpark(db, saved.id).await?;
     }
-    Ok(saved)
+    let switched = saved.enabled != was_enabled;
+    Ok((saved, switched))
 }
 
 fn reset_health(m: &mut destination::Model) {
@@ -239,7 +241,7 @@ pub async fn set_enabled<C: ConnectionTrait>(
     p: &Principal,
     id: Uuid,
     enabled: bool,
-) -> AppResult<destination::Model> {
+) -> AppResult<(destination::Model, bool)> {
     update(
         db,
         cipher,

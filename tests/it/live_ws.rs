@@ -586,3 +586,34 @@ mod two_instances_share_the_live_stream {
         ok.wait_for(23, WAIT).await;
     }
 }
+
+// A user switching a destination off and on is a status change; saying "off" to a destination
+// that is already off (disableDestination again, or updateDestination with an unchanged
+// `enabled`) is not, and the stream stays quiet.
+both!(
+    status_changes_only_when_enabled_changes,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let tok = token("acme", "read write publish");
+        let rx = Receiver::start().await;
+        let d = create_destination(&s, &tok, json!({"url": rx.url()})).await;
+        let mut status = subscribe(s.addr, Proto::Transport, &tok, STATUS, json!({"d": d})).await;
+        let disable = "mutation($id: ID!) { disableDestination(id: $id) { enabled } }";
+        let enable = "mutation($id: ID!) { enableDestination(id: $id) { enabled } }";
+        let update = "mutation($id: ID!, $e: Boolean) {
+      updateDestination(id: $id, input: {enabled: $e}) { enabled } }";
+
+        s.ok(&tok, disable, json!({"id": d})).await;
+        let got = status.take("1", 1, WAIT).await;
+        assert_eq!(got[0]["destinationStatusChanged"]["enabled"], false);
+        s.ok(&tok, disable, json!({"id": d})).await;
+        s.ok(&tok, update, json!({"id": d, "e": false})).await;
+        status.expect_silence(Duration::from_secs(1)).await;
+
+        s.ok(&tok, update, json!({"id": d, "e": true})).await;
+        let got = status.take("1", 1, WAIT).await;
+        assert_eq!(got[0]["destinationStatusChanged"]["enabled"], true);
+        s.ok(&tok, enable, json!({"id": d})).await;
+        status.expect_silence(Duration::from_secs(1)).await;
+    }
+);
