@@ -190,7 +190,7 @@ pub async fn claim_parked(
 /// raced with it (a publish that saw the circuit open and committed after it closed). The
 /// destinations are looked up first, one index probe each (`LIMIT 1` keeps the check a probe
 /// per destination), so a failing destination's parked backlog is never scanned.
-pub async fn unpark_recovered(db: &impl ConnectionTrait, now: DateTime<Utc>) -> Result<u64, DbErr> {
+pub async fn unpark_recovered(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
     let backend = db.get_database_backend();
     let rows = db
         .query_all_raw(Statement::from_string(
@@ -205,16 +205,9 @@ pub async fn unpark_recovered(db: &impl ConnectionTrait, now: DateTime<Utc>) -> 
     let mut n = 0;
     for r in rows {
         let id: Uuid = r.try_get("", "id")?;
-        let res = db
-            .execute_raw(crate::db::raw(
-                backend,
-                "UPDATE delivery SET next_attempt_at = $1 WHERE destination_id = $2 \
-                 AND next_attempt_at IS NULL AND completed_at IS NULL \
-                 AND status IN ('PENDING', 'AWAITING_RETRY')",
-                vec![now.into(), id.into()],
-            ))
-            .await?;
-        n += res.rows_affected();
+        n += crate::service::destinations::unpark(db, id)
+            .await
+            .map_err(|e| DbErr::Custom(e.detail()))?;
     }
     Ok(n)
 }

@@ -15,6 +15,7 @@ pub mod rollup;
 pub mod runtime;
 pub mod sender;
 pub mod signing;
+mod store;
 mod test_event;
 mod unit;
 pub mod writer;
@@ -149,7 +150,7 @@ async fn run(engine: Arc<Engine>) {
         }
         if last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = std::time::Instant::now();
-            match claim::unpark_recovered(&st.db.write, now()).await {
+            match claim::unpark_recovered(&st.db.write).await {
                 Ok(n) if n > 0 => tracing::info!(deliveries = n, "unparked after a recovery"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "unparking recovered destinations failed"),

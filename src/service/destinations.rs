@@ -222,9 +222,10 @@ fn reset_health(m: &mut destination::Model) {
     m.next_attempt_at = None;
 }
 
-/// Deliveries parked while the destination was disabled become due again.
-async fn unpark<C: ConnectionTrait>(db: &C, destination_id: Uuid) -> AppResult<()> {
-    delivery::Entity::update_many()
+/// Parked deliveries of the destination (while it was disabled, or its circuit open) become
+/// due now. Returns how many.
+pub(crate) async fn unpark<C: ConnectionTrait>(db: &C, destination_id: Uuid) -> AppResult<u64> {
+    let res = delivery::Entity::update_many()
         .col_expr(delivery::Column::NextAttemptAt, Expr::value(now()))
         .filter(delivery::Column::DestinationId.eq(destination_id))
         .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY"]))
@@ -232,7 +233,7 @@ async fn unpark<C: ConnectionTrait>(db: &C, destination_id: Uuid) -> AppResult<(
         .filter(delivery::Column::CompletedAt.is_null())
         .exec(db)
         .await?;
-    Ok(())
+    Ok(res.rows_affected)
 }
 
 pub async fn set_enabled<C: ConnectionTrait>(

@@ -1,0 +1,325 @@
+//! The completion writer's statements: delivery updates, destination health, and what a
+//! closing circuit makes due again. PostgreSQL gets each kind as one statement with its rows
+//! as a JSON document; SQLite, in-process, gets plain grouped statements.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use entity::{delivery, destination};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter};
+use uuid::Uuid;
+
+use super::writer::{DeliveryUpdate, HealthUpdate};
+use crate::service::now;
+
+/// Writes the delivery updates of one flush. PostgreSQL: one statement for all of them, the
+/// rows passed as one JSON document. SQLite: updates with the same values share one statement
+/// (`WHERE id IN (...)`): the successes of a flush, and the releases of a destination whose
+/// circuit is open, which would otherwise cost one statement each. Either way, a delivery
+/// updated twice in one flush (its lease lapsed and it was claimed again) gets one statement
+/// per update, in order, so the later update wins.
+pub(super) async fn write_deliveries(
+    db: &impl ConnectionTrait,
+    ups: &[DeliveryUpdate],
+) -> Result<(), DbErr> {
+    type Key<'a> = (
+        &'static str,
+        Option<i32>,
+        Option<DateTime<Utc>>,
+        Option<i32>,
+        Option<&'a str>,
+        bool,
+    );
+    let t = now();
+    let mut seen: HashMap<Uuid, usize> = HashMap::with_capacity(ups.len());
+    for u in ups {
+        *seen.entry(u.id).or_default() += 1;
+    }
+    let (once, in_order): (Vec<&DeliveryUpdate>, Vec<&DeliveryUpdate>) =
+        ups.iter().partition(|u| seen[&u.id] == 1);
+    if db.get_database_backend() == DbBackend::Postgres {
+        for chunk in once.chunks(5000) {
+            update_json(db, chunk, t).await?;
+        }
+        for u in in_order {
+            update_json(db, &[u], t).await?;
+        }
+        return Ok(());
+    }
+    let mut groups: HashMap<Key<'_>, Vec<Uuid>> = HashMap::new();
+    for u in once {
+        let key = (
+            u.status,
+            u.attempt_count,
+            u.next_attempt_at,
+            u.last_status_code,
+            u.last_error.as_deref(),
+            u.completed,
+        );
+        groups.entry(key).or_default().push(u.id);
+    }
+    let update = |u: &DeliveryUpdate| {
+        let mut q = delivery::Entity::update_many()
+            .col_expr(delivery::Column::Status, Expr::value(u.status))
+            .col_expr(
+                delivery::Column::NextAttemptAt,
+                Expr::value(u.next_attempt_at),
+            )
+            .col_expr(
+                delivery::Column::LeaseUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(
+                delivery::Column::LeaseOwner,
+                Expr::value(Option::<String>::None),
+            );
+        if let Some(n) = u.attempt_count {
+            q = q
+                .col_expr(delivery::Column::AttemptCount, Expr::value(n))
+                .col_expr(
+                    delivery::Column::LastStatusCode,
+                    Expr::value(u.last_status_code),
+                )
+                .col_expr(
+                    delivery::Column::LastError,
+                    Expr::value(u.last_error.clone()),
+                );
+        } else if u.last_error.is_some() {
+            q = q.col_expr(
+                delivery::Column::LastError,
+                Expr::value(u.last_error.clone()),
+            );
+        }
+        if u.completed {
+            q = q.col_expr(delivery::Column::CompletedAt, Expr::value(t));
+        }
+        q
+    };
+    for ((status, attempt_count, next_attempt_at, last_status_code, last_error, completed), ids) in
+        groups
+    {
+        let u = DeliveryUpdate {
+            id: ids[0],
+            status,
+            attempt_count,
+            next_attempt_at,
+            last_status_code,
+            last_error: last_error.map(str::to_string),
+            completed,
+        };
+        for chunk in ids.chunks(500) {
+            update(&u)
+                .filter(delivery::Column::Id.is_in(chunk.iter().copied()))
+                .exec(db)
+                .await?;
+        }
+    }
+    for u in in_order {
+        update(u)
+            .filter(delivery::Column::Id.eq(u.id))
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The ids of a JSON update again, as `a,b,c` for `d.id = ANY(string_to_array($n, ',')::uuid[])`.
+/// Joining the JSON rows alone leaves the planner free to hash them against a sequential scan
+/// of the table — and a prepared statement keeps the plan it chose while the table was small,
+/// so every flush would read the whole table. The id list gives it a primary-key lookup that
+/// is the cheapest plan at any size.
+fn id_list(ids: impl Iterator<Item = Uuid>) -> String {
+    let mut s = String::new();
+    for id in ids {
+        if !s.is_empty() {
+            s.push(',');
+        }
+        s.push_str(&id.to_string());
+    }
+    s
+}
+
+/// PostgreSQL: applies updates (distinct ids) in one statement, with the same meaning as the
+/// SQLite statements above: the attempt's facts only when an attempt was made, an error alone
+/// when a discard gives one, `completed_at` when finished.
+const UPDATE_JSON: &str = "UPDATE delivery AS d SET status = u.status, \
+     next_attempt_at = u.next_attempt_at, lease_until = NULL, lease_owner = NULL, \
+     attempt_count = COALESCE(u.attempt_count, d.attempt_count), \
+     last_status_code = CASE WHEN u.attempt_count IS NULL THEN d.last_status_code \
+       ELSE u.last_status_code END, \
+     last_error = CASE WHEN u.attempt_count IS NULL AND u.last_error IS NULL THEN d.last_error \
+       ELSE u.last_error END, \
+     completed_at = CASE WHEN u.completed THEN $2 ELSE d.completed_at END \
+     FROM json_to_recordset($1::json) AS u(id uuid, status text, attempt_count int4, \
+       next_attempt_at timestamptz, last_status_code int4, last_error text, completed bool) \
+     WHERE d.id = u.id AND d.id = ANY(string_to_array($3, ',')::uuid[])";
+
+async fn update_json(
+    db: &impl ConnectionTrait,
+    ups: &[&DeliveryUpdate],
+    t: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let json = serde_json::to_string(ups).map_err(|e| DbErr::Custom(e.to_string()))?;
+    db.execute_raw(sea_orm::Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        UPDATE_JSON,
+        [
+            json.into(),
+            t.into(),
+            id_list(ups.iter().map(|u| u.id)).into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// PostgreSQL: the health of every destination in the flush in one statement, with the
+/// meaning of [`write_health`].
+const HEALTH_JSON: &str = "UPDATE destination AS d SET status = u.status, \
+     consecutive_failures = u.consecutive_failures, next_attempt_at = u.gate, \
+     last_success_at = COALESCE(u.last_success_at, d.last_success_at), \
+     last_failure_at = COALESCE(u.last_failure_at, d.last_failure_at), \
+     last_failed_status_code = CASE WHEN u.last_failure_at IS NULL \
+       THEN d.last_failed_status_code ELSE u.last_failed_status_code END, \
+     last_failed_reason = CASE WHEN u.last_failure_at IS NULL \
+       THEN d.last_failed_reason ELSE u.last_failed_reason END, \
+     enabled = NOT u.disable, \
+     version = d.version + CASE WHEN u.disable THEN 1 ELSE 0 END, \
+     updated_at = CASE WHEN u.disable THEN $2 ELSE d.updated_at END, \
+     updated_by = CASE WHEN u.disable THEN 'hookline' ELSE d.updated_by END \
+     FROM json_to_recordset($1::json) AS u(id uuid, status text, consecutive_failures int4, \
+       gate timestamptz, last_success_at timestamptz, last_failure_at timestamptz, \
+       last_failed_status_code int4, last_failed_reason text, disable bool) \
+     WHERE d.id = u.id AND d.id = ANY(string_to_array($3, ',')::uuid[]) \
+     AND d.deleted_at IS NULL AND d.enabled";
+
+#[derive(serde::Serialize)]
+struct HealthRow<'a> {
+    id: Uuid,
+    status: &'a str,
+    consecutive_failures: i32,
+    gate: Option<DateTime<Utc>>,
+    last_success_at: Option<DateTime<Utc>>,
+    last_failure_at: Option<DateTime<Utc>>,
+    last_failed_status_code: Option<i32>,
+    last_failed_reason: Option<&'a str>,
+    disable: bool,
+}
+
+pub(super) async fn write_health_all(
+    db: &impl ConnectionTrait,
+    all: &HashMap<Uuid, HealthUpdate>,
+) -> Result<(), DbErr> {
+    if all.is_empty() {
+        return Ok(());
+    }
+    if db.get_database_backend() != DbBackend::Postgres {
+        for h in all.values() {
+            write_health(db, h).await?;
+        }
+    } else {
+        let rows: Vec<HealthRow<'_>> = all
+            .values()
+            .map(|h| HealthRow {
+                id: h.destination_id,
+                status: h.health.as_str(),
+                consecutive_failures: h.consecutive_failures as i32,
+                gate: h.gate,
+                last_success_at: h.last_success_at,
+                last_failure_at: h.last_failure_at,
+                last_failed_status_code: h.last_failed_status_code,
+                last_failed_reason: h.last_failed_reason.as_deref(),
+                disable: h.disable,
+            })
+            .collect();
+        let json = serde_json::to_string(&rows).map_err(|e| DbErr::Custom(e.to_string()))?;
+        db.execute_raw(sea_orm::Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            HEALTH_JSON,
+            [
+                json.into(),
+                now().into(),
+                id_list(all.keys().copied()).into(),
+            ],
+        ))
+        .await?;
+    }
+    for h in all.values() {
+        if let Some(until) = h.release_held_until {
+            release_held(db, h.destination_id, until).await?;
+        }
+    }
+    Ok(())
+}
+
+/// SQLite: one destination's health.
+async fn write_health(db: &impl ConnectionTrait, h: &HealthUpdate) -> Result<(), DbErr> {
+    let mut q = destination::Entity::update_many()
+        .col_expr(destination::Column::Status, Expr::value(h.health.as_str()))
+        .col_expr(
+            destination::Column::ConsecutiveFailures,
+            Expr::value(h.consecutive_failures as i32),
+        )
+        .col_expr(destination::Column::NextAttemptAt, Expr::value(h.gate));
+    if let Some(t) = h.last_success_at {
+        q = q.col_expr(destination::Column::LastSuccessAt, Expr::value(t));
+    }
+    if let Some(t) = h.last_failure_at {
+        q = q
+            .col_expr(destination::Column::LastFailureAt, Expr::value(t))
+            .col_expr(
+                destination::Column::LastFailedStatusCode,
+                Expr::value(h.last_failed_status_code),
+            )
+            .col_expr(
+                destination::Column::LastFailedReason,
+                Expr::value(h.last_failed_reason.clone()),
+            );
+    }
+    if h.disable {
+        // A user-visible change: bump the version so every instance reloads the destination.
+        q = q
+            .col_expr(destination::Column::Enabled, Expr::value(false))
+            .col_expr(
+                destination::Column::Version,
+                Expr::col(destination::Column::Version).add(1),
+            )
+            .col_expr(destination::Column::UpdatedAt, Expr::value(now()))
+            .col_expr(destination::Column::UpdatedBy, Expr::value("hookline"));
+    }
+    // A user's "disable" made while attempts were in flight must not be undone by them.
+    q.filter(destination::Column::Id.eq(h.destination_id))
+        .filter(destination::Column::DeletedAt.is_null())
+        .filter(destination::Column::Enabled.eq(true))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// A probe closed the circuit: what the open circuit held back is due now — the deliveries
+/// parked while it was open, and those given back until the probe's reservation ended.
+async fn release_held(
+    db: &impl ConnectionTrait,
+    destination_id: Uuid,
+    until: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let t = now();
+    delivery::Entity::update_many()
+        .col_expr(delivery::Column::NextAttemptAt, Expr::value(t))
+        .filter(delivery::Column::DestinationId.eq(destination_id))
+        .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY"]))
+        .filter(delivery::Column::CompletedAt.is_null())
+        .filter(
+            sea_orm::Condition::any()
+                .add(delivery::Column::NextAttemptAt.is_null())
+                .add(
+                    sea_orm::Condition::all()
+                        .add(delivery::Column::NextAttemptAt.gt(t))
+                        .add(delivery::Column::NextAttemptAt.lte(until)),
+                ),
+        )
+        .exec(db)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,491 @@
+//! Publishing: fan-out to matching destinations and group commit — concurrent publishes are
+//! gathered into one transaction and each caller is answered after that commit, so an
+//! accepted event is always durable. Deliveries this instance has room for are handed to its
+//! dispatcher in memory (see `dispatch::hub`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use entity::{delivery, destination, event};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, TransactionTrait,
+};
+use tokio::sync::{Notify, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::events::{NewEvent, Published};
+use super::subscriptions::{Rule, active_rules};
+use super::{bulk, new_id, now};
+use crate::auth::Principal;
+use crate::db::Db;
+use crate::dispatch::claim::Claimed;
+use crate::dispatch::hub::{Handover, Hub, Route};
+use crate::dispatch::runtime::DestRuntime;
+use crate::error::{AppError, AppResult};
+
+/// Publishes gathered into one transaction at most.
+const MAX_GROUP: usize = 256;
+
+struct Job {
+    tenant: String,
+    event: NewEvent,
+    reply: oneshot::Sender<AppResult<Published>>,
+}
+
+/// Handle to the group-commit writer tasks.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::Sender<Job>,
+}
+
+/// Group transactions in flight at once on PostgreSQL: while one waits for its commit, the
+/// next gathers the publishes that arrive meanwhile. SQLite has one writer connection: one.
+const PG_WRITERS: usize = 4;
+
+impl Publisher {
+    /// Starts the writers. `wake` is notified after each commit that queued deliveries for the
+    /// claim loop; deliveries handed to this instance's dispatcher go through `hub`.
+    pub fn start(db: Db, wake: Arc<Notify>, hub: Arc<Hub>) -> Self {
+        let (tx, rx) = mpsc::channel(4096);
+        let writers = if db.is_postgres() { PG_WRITERS } else { 1 };
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..writers {
+            tokio::spawn(writer(db.clone(), rx.clone(), wake.clone(), hub.clone()));
+        }
+        Self { tx }
+    }
+
+    pub async fn publish(&self, p: &Principal, event: NewEvent) -> AppResult<Published> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job {
+                tenant: p.tenant.clone(),
+                event,
+                reply,
+            })
+            .await
+            .map_err(|_| AppError::Unavailable("the server is shutting down".into()))?;
+        rx.await
+            .map_err(|_| AppError::Unavailable("the server is shutting down".into()))?
+    }
+}
+
+async fn writer(
+    db: Db,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    wake: Arc<Notify>,
+    hub: Arc<Hub>,
+) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    // SQLite serves one instance, so every change to the rules happens here and bumps
+    // `Hub::rules_generation`: the rules can be kept between groups. PostgreSQL may be
+    // shared with other instances: it reads them for every group.
+    let mut cache = (!db.is_postgres()).then(RulesCache::default);
+    loop {
+        // The lock is held only while gathering, never across a commit.
+        if rx.lock().await.recv_many(&mut group, MAX_GROUP).await == 0 {
+            return;
+        }
+        let jobs = std::mem::take(&mut group);
+        let queued = commit_group(&db, &hub, cache.as_mut(), jobs).await;
+        if queued > 0 {
+            wake.notify_one();
+        }
+    }
+}
+
+/// What one job will write, decided before the transaction.
+struct Plan {
+    event: Arc<event::Model>,
+    deliveries: Vec<delivery::Model>,
+    /// Per delivery: the runtime reserved for handing it over, or None (it goes to the queue).
+    handed: Vec<Option<Arc<DestRuntime>>>,
+}
+
+/// What a committed group leaves to do.
+struct Written {
+    results: Vec<Published>,
+    /// Deliveries left for the claim loop (it is woken when there are any).
+    queued: usize,
+}
+
+/// Commits a group; answers every job. Returns how many deliveries were queued for the claim
+/// loop. If the group's transaction fails (a racing idempotency key, say), each job is retried
+/// alone so one bad job never fails the others.
+async fn commit_group(
+    db: &Db,
+    hub: &Hub,
+    mut cache: Option<&mut RulesCache>,
+    jobs: Vec<Job>,
+) -> usize {
+    match plan_and_write(db, hub, cache.as_deref_mut(), &jobs).await {
+        Ok(w) => {
+            for (job, res) in jobs.into_iter().zip(w.results) {
+                let _ = job.reply.send(Ok(res));
+            }
+            w.queued
+        }
+        Err(_) if jobs.len() > 1 => {
+            let mut n = 0;
+            for job in jobs {
+                let res =
+                    plan_and_write(db, hub, cache.as_deref_mut(), std::slice::from_ref(&job)).await;
+                let res = match res {
+                    Ok(mut w) => {
+                        n += w.queued;
+                        Ok(w.results.remove(0))
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = job.reply.send(res);
+            }
+            n
+        }
+        Err(e) => {
+            for job in jobs {
+                // A lone job that lost an idempotency race returns the winner's event.
+                let res = match (&e, &job.event.idempotency_key) {
+                    (AppError::Conflict(_), Some(key)) => {
+                        existing_by_keys(&db.write, &job.tenant, std::slice::from_ref(key))
+                            .await
+                            .and_then(|mut m| {
+                                m.remove(key).ok_or_else(|| {
+                                    AppError::Internal("idempotency race lost the winner".into())
+                                })
+                            })
+                            .map(|event| Published {
+                                event,
+                                created: false,
+                                deliveries: 0,
+                            })
+                    }
+                    _ => Err(clone_err(&e)),
+                };
+                let _ = job.reply.send(res);
+            }
+            0
+        }
+    }
+}
+
+fn clone_err(e: &AppError) -> AppError {
+    match e {
+        AppError::Conflict(m) => AppError::Conflict(m.clone()),
+        AppError::Unavailable(m) => AppError::Unavailable(m.clone()),
+        other => AppError::Internal(other.detail()),
+    }
+}
+
+async fn existing_by_keys(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    keys: &[String],
+) -> AppResult<HashMap<String, event::Model>> {
+    let rows = event::Entity::find()
+        .filter(event::Column::TenantId.eq(tenant))
+        .filter(event::Column::IdempotencyKey.is_in(keys.iter().cloned()))
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|e| e.idempotency_key.clone().map(|k| (k, e)))
+        .collect())
+}
+
+type Routes = (Vec<Rule>, HashMap<Uuid, Arc<destination::Model>>);
+
+/// Each tenant's rules as read at a rules generation (see [`Hub::rules_generation`]).
+#[derive(Default)]
+struct RulesCache {
+    tenants: HashMap<String, (u64, Arc<Routes>)>,
+}
+
+impl RulesCache {
+    /// Tenants kept at most; past that the cache starts over.
+    const TENANTS: usize = 1024;
+}
+
+/// The tenant's rules: from the cache when no rule changed since they were read.
+async fn routes_of(
+    db: &impl ConnectionTrait,
+    hub: &Hub,
+    cache: Option<&mut RulesCache>,
+    tenant: &str,
+) -> AppResult<Arc<Routes>> {
+    let Some(cache) = cache else {
+        return Ok(Arc::new(active_rules(db, tenant).await?));
+    };
+    // Read before the query: a change that commits meanwhile bumps past it, so what the
+    // query returns is never kept under a generation newer than the data it saw.
+    let generation = hub.rules_generation();
+    if let Some((g, routes)) = cache.tenants.get(tenant)
+        && *g == generation
+    {
+        return Ok(routes.clone());
+    }
+    let routes = Arc::new(active_rules(db, tenant).await?);
+    if cache.tenants.len() >= RulesCache::TENANTS {
+        cache.tenants.clear();
+    }
+    cache
+        .tenants
+        .insert(tenant.to_string(), (generation, routes.clone()));
+    Ok(routes)
+}
+
+async fn plan_and_write(
+    db: &Db,
+    hub: &Hub,
+    cache: Option<&mut RulesCache>,
+    jobs: &[Job],
+) -> AppResult<Written> {
+    // The rules and idempotency keys are read before the write, outside its transaction (the
+    // same as inside it under READ COMMITTED; a racing idempotency key still meets the unique
+    // index): on SQLite the single writer connection then only writes. PostgreSQL writes a
+    // group in one statement, atomic by itself.
+    let group = plan_group(&db.read, hub, cache, jobs).await?;
+    if db.is_postgres() {
+        let wake = group.written.queued > 0;
+        let res = insert_plans_pg(&db.write, &group.plans, wake).await;
+        return finish(hub, group, res);
+    }
+    let txn = db.write.begin().await?;
+    let res = async {
+        insert_plans(&txn, &group.plans).await?;
+        txn.commit().await?;
+        AppResult::Ok(())
+    }
+    .await;
+    finish(hub, group, res)
+}
+
+/// A group planned: what to write, where its deliveries go, what to answer.
+struct Group<'a> {
+    routes: HashMap<&'a str, Arc<Routes>>,
+    plans: Vec<Plan>,
+    written: Written,
+}
+
+/// After the write: hand over what was leased here, or give the reservations back.
+fn finish(hub: &Hub, group: Group<'_>, res: AppResult<()>) -> AppResult<Written> {
+    if let Err(e) = res {
+        for rt in group.plans.iter().flat_map(|p| &p.handed).flatten() {
+            hub.unreserve(rt, 1);
+        }
+        return Err(e);
+    }
+    hand_over(hub, &group.routes, group.plans);
+    Ok(group.written)
+}
+
+/// Reads the rules and idempotency keys and plans every job: the events, their deliveries
+/// and each delivery's route (reserving room here for those handed over).
+async fn plan_group<'a>(
+    db: &impl ConnectionTrait,
+    hub: &Hub,
+    mut cache: Option<&mut RulesCache>,
+    jobs: &'a [Job],
+) -> AppResult<Group<'a>> {
+    // Rules and existing idempotency keys, one query each per tenant in the group.
+    let mut routes: HashMap<&str, Arc<Routes>> = HashMap::new();
+    let mut existing: HashMap<(&str, String), event::Model> = HashMap::new();
+    for job in jobs {
+        if !routes.contains_key(job.tenant.as_str()) {
+            let r = routes_of(db, hub, cache.as_deref_mut(), &job.tenant).await?;
+            routes.insert(&job.tenant, r);
+            let keys: Vec<String> = jobs
+                .iter()
+                .filter(|j| j.tenant == job.tenant)
+                .filter_map(|j| j.event.idempotency_key.clone())
+                .collect();
+            if !keys.is_empty() {
+                for (k, e) in existing_by_keys(db, &job.tenant, &keys).await? {
+                    existing.insert((&job.tenant, k), e);
+                }
+            }
+        }
+    }
+    let t = now();
+    let lease = t + TimeDelta::from_std(hub.lease).unwrap_or(TimeDelta::seconds(30));
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut plans: Vec<Plan> = Vec::new();
+    for job in jobs {
+        if let Some(key) = &job.event.idempotency_key
+            && let Some(e) = existing.get(&(job.tenant.as_str(), key.clone()))
+        {
+            results.push(Published {
+                event: e.clone(),
+                created: false,
+                deliveries: 0,
+            });
+            continue;
+        }
+        let (rules, dests) = &*routes[job.tenant.as_str()];
+        let mut plan = plan(&job.tenant, &job.event, rules, t);
+        // Deliveries the dispatcher here has room for are leased to it now.
+        for dl in &mut plan.deliveries {
+            let route = dests
+                .get(&dl.destination_id)
+                .map_or(Route::Queue, |d| hub.route(d));
+            let handed = match route {
+                Route::Handover(rt) => {
+                    dl.status = "DELIVERING".into();
+                    dl.next_attempt_at = Some(lease);
+                    dl.lease_until = Some(lease);
+                    dl.lease_owner = Some(hub.instance_id.to_string());
+                    Some(rt)
+                }
+                Route::Park => {
+                    dl.next_attempt_at = None;
+                    None
+                }
+                Route::Queue => None,
+            };
+            plan.handed.push(handed);
+        }
+        if let Some(key) = &job.event.idempotency_key {
+            // A second publish with the same key in this very group gets the first's event.
+            existing.insert((job.tenant.as_str(), key.clone()), (*plan.event).clone());
+        }
+        results.push(Published {
+            event: (*plan.event).clone(),
+            created: true,
+            deliveries: plan.deliveries.len(),
+        });
+        plans.push(plan);
+    }
+    let queued = plans
+        .iter()
+        .flat_map(|p| p.deliveries.iter().zip(&p.handed))
+        .filter(|(dl, h)| h.is_none() && dl.next_attempt_at.is_some())
+        .count();
+    Ok(Group {
+        routes,
+        plans,
+        written: Written { results, queued },
+    })
+}
+
+/// Passes the committed deliveries that were leased to this instance to its dispatcher, one
+/// hand-over per destination.
+fn hand_over(hub: &Hub, routes: &HashMap<&str, Arc<Routes>>, plans: Vec<Plan>) {
+    let mut by_dest: HashMap<Uuid, Handover> = HashMap::new();
+    for p in plans {
+        for (dl, rt) in p.deliveries.iter().zip(p.handed) {
+            let Some(rt) = rt else { continue };
+            let Some(d) = routes
+                .get(dl.tenant_id.as_str())
+                .and_then(|r| r.1.get(&dl.destination_id))
+            else {
+                // Cannot happen (the route was chosen from this row); if it did, the lease
+                // would bring the delivery back.
+                hub.unreserve(&rt, 1);
+                continue;
+            };
+            by_dest
+                .entry(dl.destination_id)
+                .or_insert_with(|| Handover {
+                    destination: (**d).clone(),
+                    runtime: rt,
+                    items: Vec::new(),
+                })
+                .items
+                .push((Claimed::of(dl), Some(p.event.clone())));
+        }
+    }
+    for h in by_dest.into_values() {
+        hub.hand_over(h);
+    }
+}
+
+fn plan(tenant: &str, ev: &NewEvent, rules: &[Rule], t: DateTime<Utc>) -> Plan {
+    let event = event::Model {
+        id: new_id(),
+        tenant_id: tenant.to_string(),
+        event_type: ev.event_type.clone(),
+        level: ev.level.as_str().to_string(),
+        payload: ev.payload.clone(),
+        idempotency_key: ev.idempotency_key.clone(),
+        created_at: t,
+    };
+    // The payload is parsed only if some rule filters on it, and then only once.
+    let mut parsed: Option<Option<serde_json::Value>> = None;
+    let mut seen: Vec<Uuid> = Vec::new();
+    let mut deliveries = Vec::new();
+    for rule in rules {
+        if seen.contains(&rule.destination_id) {
+            continue;
+        }
+        let accepts = rule.accepts(&ev.event_type, ev.level, || {
+            parsed
+                .get_or_insert_with(|| serde_json::from_str(&ev.payload).ok())
+                .clone()
+        });
+        if accepts {
+            seen.push(rule.destination_id);
+            deliveries.push(new_delivery(&event, rule.destination_id, t));
+        }
+    }
+    Plan {
+        event: Arc::new(event),
+        handed: Vec::with_capacity(deliveries.len()),
+        deliveries,
+    }
+}
+
+pub fn new_delivery(ev: &event::Model, destination_id: Uuid, t: DateTime<Utc>) -> delivery::Model {
+    delivery::Model {
+        id: new_id(),
+        tenant_id: ev.tenant_id.clone(),
+        event_id: ev.id,
+        destination_id,
+        event_type: ev.event_type.clone(),
+        status: "PENDING".into(),
+        attempt_count: 0,
+        next_attempt_at: Some(t),
+        lease_until: None,
+        lease_owner: None,
+        last_status_code: None,
+        last_error: None,
+        created_at: t,
+        completed_at: None,
+    }
+}
+
+/// PostgreSQL: a group's events and deliveries in one statement (one round trip, one commit),
+/// waking the other instances in it when some deliveries are left for the queue.
+async fn insert_plans_pg(db: &impl ConnectionTrait, plans: &[Plan], wake: bool) -> AppResult<()> {
+    let events: Vec<&event::Model> = plans.iter().map(|p| &*p.event).collect();
+    let deliveries: Vec<&delivery::Model> = plans.iter().flat_map(|p| &p.deliveries).collect();
+    db.execute_raw(sea_orm::Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "WITH e AS (INSERT INTO \"event\" \
+           SELECT * FROM json_populate_recordset(NULL::\"event\", $1::json)), \
+         d AS (INSERT INTO delivery \
+           SELECT * FROM json_populate_recordset(NULL::delivery, $2::json)) \
+         SELECT pg_notify($3, '') WHERE $4",
+        [
+            to_json(&events)?.into(),
+            to_json(&deliveries)?.into(),
+            crate::live::pg::WAKE.into(),
+            wake.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(rows: &T) -> AppResult<String> {
+    serde_json::to_string(rows).map_err(|e| AppError::internal("encode rows", e))
+}
+
+async fn insert_plans(db: &impl ConnectionTrait, plans: &[Plan]) -> AppResult<()> {
+    let events: Vec<event::Model> = plans.iter().map(|p| (*p.event).clone()).collect();
+    let deliveries: Vec<delivery::Model> = plans
+        .iter()
+        .flat_map(|p| p.deliveries.iter().cloned())
+        .collect();
+    bulk::insert::<_, event::ActiveModel>(db, events).await?;
+    bulk::insert::<_, delivery::ActiveModel>(db, deliveries).await
+}
