@@ -88,6 +88,10 @@ enum DeadMode {
     Status500,
     /// The dead destination's port refuses connections.
     Refuse,
+    /// Control: the "dead" destination answers 204, and the second phase starts once all of
+    /// its deliveries arrived. The database grows by as much as with a backlog, but no
+    /// backlog is left: what moves the healthy latency then is not the backlog.
+    Control,
 }
 
 #[derive(Clone, Debug)]
@@ -103,12 +107,14 @@ struct Args {
     timeout: Duration,
     pg_url: String,
     destinations: Option<usize>,
+    /// `backlog`: seconds to wait between the fill and the second steady phase.
+    settle: Option<f64>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--database sqlite|postgres|both] \
 [--scenario single|fanout|steady|backlog|fanout-1000[,..]] [--events N] [--concurrency C] \
-[--runs R] [--rate EVENTS_PER_SEC] [--duration SECS] [--destinations N] [--dead 500|refuse] \
-[--timeout SECS] [--pg-url URL]";
+[--runs R] [--rate EVENTS_PER_SEC] [--duration SECS] [--destinations N] [--dead 500|refuse|control] \
+[--settle SECS] [--timeout SECS] [--pg-url URL]";
 
 fn parse_args() -> Res<Args> {
     let mut a = Args {
@@ -124,6 +130,7 @@ fn parse_args() -> Res<Args> {
         pg_url: std::env::var("HOOKLINE_BENCH_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
         destinations: None,
+        settle: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -178,13 +185,15 @@ fn parse_args() -> Res<Args> {
             "--rate" => a.rate = Some(num(val()?)?.min(100_000.0)),
             "--duration" => a.duration = Some(num(val()?)?.min(3600.0)),
             "--destinations" => a.destinations = Some((num(val()?)? as usize).clamp(1, 5000)),
+            "--settle" => a.settle = Some(num(val()?)?.min(600.0)),
             "--timeout" => a.timeout = Duration::from_secs_f64(num(val()?)?.min(7200.0)),
             "--pg-url" => a.pg_url = val()?,
             "--dead" => {
                 a.dead = match val()?.as_str() {
                     "500" => DeadMode::Status500,
                     "refuse" => DeadMode::Refuse,
-                    v => return Err(format!("--dead {v:?}: expected 500 or refuse")),
+                    "control" => DeadMode::Control,
+                    v => return Err(format!("--dead {v:?}: expected 500, refuse or control")),
                 }
             }
             other if other.starts_with('-') => {
@@ -1038,6 +1047,7 @@ async fn run_on(sc: Scenario, server: &Server, args: &Args) -> Res<Run> {
                     Some(Receiver::start(StatusCode::INTERNAL_SERVER_ERROR).await?)
                 }
                 DeadMode::Refuse => None,
+                DeadMode::Control => Some(Receiver::start(StatusCode::NO_CONTENT).await?),
             };
             let dead_url = match &dead {
                 Some(d) => d.url(1),
@@ -1050,6 +1060,14 @@ async fn run_on(sc: Scenario, server: &Server, args: &Args) -> Res<Run> {
                 "backlog: fill events published/s",
                 filled.len() as f64 / t_fill.elapsed().as_secs_f64(),
             );
+            if let (DeadMode::Control, Some(d)) = (args.dead, &dead) {
+                d.wait_for(filled.len(), args.timeout, stall).await?;
+            }
+            // Optionally let the fill's writes reach the disk first (separates the backlog's
+            // effect from the aftermath of writing it).
+            if let Some(s) = args.settle {
+                tokio::time::sleep(Duration::from_secs_f64(s)).await;
+            }
             // 3. The same steady load again, now beside the backlog.
             let mark = recv.state.unique.load(Ordering::Relaxed);
             let (during, _) = publish_paced(&api, rate, secs, "order.created").await?;
@@ -1150,14 +1168,19 @@ fn describe(sc: Scenario, args: &Args) -> String {
             args.duration.unwrap_or(30.0)
         ),
         Scenario::Backlog => format!(
-            "healthy at {}/s for {} s, then a dead destination ({}) filled with {} events, then the same load again",
+            "healthy at {}/s for {} s, then a dead destination ({}) filled with {} events, then{} the same load again",
             args.rate.unwrap_or(500.0),
             args.duration.unwrap_or(10.0),
             match args.dead {
                 DeadMode::Status500 => "answers 500",
                 DeadMode::Refuse => "refuses connections",
+                DeadMode::Control => "control: answers 204, delivered before the second phase",
             },
-            n_or(args, 100_000)
+            n_or(args, 100_000),
+            match args.settle {
+                Some(s) => format!(" after {s} s"),
+                None => String::new(),
+            }
         ),
         Scenario::Fanout1000 => format!(
             "one event to {} destinations",

@@ -144,6 +144,7 @@ pub async fn serve(
         .with_graceful_shutdown(token.cancelled_owned())
         .await?;
     dispatcher.stopped().await;
+    state.db.close(std::time::Duration::from_secs(2)).await;
     Ok(())
 }
 
