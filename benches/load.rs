@@ -7,7 +7,7 @@
 //!     [--dead 500|refuse] [--timeout S] [--pg-url URL]
 //! ```
 //!
-//! Scenarios: `single`, `fanout`, `steady`, `backlog`, `fanout-1000` (default: all of them).
+//! Scenarios: `single`, `fanout`, `steady`, `backlog`, `fanout-1000`, `live` (default: all of them).
 //! Every run starts a new server on a new database (a SQLite file in a temp dir, or a
 //! PostgreSQL database `bench_<uuid>` that is dropped afterwards). All traffic stays on
 //! 127.0.0.1; every loop is bounded in count and in time.
@@ -54,14 +54,16 @@ enum Scenario {
     Steady,
     Backlog,
     Fanout1000,
+    Live,
 }
 
-const ALL: [Scenario; 5] = [
+const ALL: [Scenario; 6] = [
     Scenario::Single,
     Scenario::Fanout,
     Scenario::Steady,
     Scenario::Backlog,
     Scenario::Fanout1000,
+    Scenario::Live,
 ];
 
 impl Scenario {
@@ -72,13 +74,14 @@ impl Scenario {
             Scenario::Steady => "steady",
             Scenario::Backlog => "backlog",
             Scenario::Fanout1000 => "fanout-1000",
+            Scenario::Live => "live",
         }
     }
 
     fn parse(s: &str) -> Res<Self> {
         ALL.into_iter()
             .find(|x| x.name() == s)
-            .ok_or_else(|| format!("unknown scenario {s:?}; expected one of single, fanout, steady, backlog, fanout-1000"))
+            .ok_or_else(|| format!("unknown scenario {s:?}; expected one of single, fanout, steady, backlog, fanout-1000, live"))
     }
 }
 
@@ -112,7 +115,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--database sqlite|postgres|both] \
-[--scenario single|fanout|steady|backlog|fanout-1000[,..]] [--events N] [--concurrency C] \
+[--scenario single|fanout|steady|backlog|fanout-1000|live[,..]] [--events N] [--concurrency C] \
 [--runs R] [--rate EVENTS_PER_SEC] [--duration SECS] [--destinations N] [--dead 500|refuse|control] \
 [--settle SECS] [--timeout SECS] [--pg-url URL]";
 
@@ -948,6 +951,130 @@ fn phase_rows(
     Ok(())
 }
 
+const LIVE_FLAT: &str =
+    "subscription { deliveryAttempts { id eventId outcome responseStatus durationMs } }";
+const LIVE_DEEP: &str = "subscription { deliveryAttempts { id eventId outcome responseStatus durationMs \
+     delivery { status attemptCount event { type payload } destination { name url } } } }";
+
+/// A `graphql-transport-ws` subscriber that records when each attempt's event arrived.
+struct Watcher {
+    task: tokio::task::JoinHandle<Res<Vec<(Uuid, Instant)>>>,
+    stop: Arc<tokio::sync::Notify>,
+    count: Arc<AtomicUsize>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl Watcher {
+    async fn start(server: &Server, query: &str) -> Res<Self> {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}/graphql/ws", server.base.replacen("http", "ws", 1));
+        let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            axum::http::HeaderValue::from_static("graphql-transport-ws"),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(|e| format!("websocket: {e}"))?;
+        let send = |v: Value| Message::Text(v.to_string().into());
+        ws.send(send(json!({"type": "connection_init",
+            "payload": {"Authorization": format!("Bearer {}", server.token)}})))
+            .await
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("connection_ack") => {}
+            other => return Err(format!("expected connection_ack, got {other:?}")),
+        }
+        ws.send(send(
+            json!({"type": "subscribe", "id": "1", "payload": {"query": query}}),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let count = Arc::new(AtomicUsize::new(0));
+        let lagged = Arc::new(AtomicBool::new(false));
+        let (stop2, count2, lagged2) = (stop.clone(), count.clone(), lagged.clone());
+        let task = tokio::spawn(async move {
+            let lagged = lagged2;
+            let mut seen = Vec::new();
+            loop {
+                let msg = tokio::select! {
+                    m = ws.next() => m,
+                    _ = stop2.notified() => break,
+                };
+                let at = Instant::now();
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Ping(p))) => {
+                        let _ = ws.send(Message::Pong(p)).await;
+                        continue;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(format!("subscriber: {e}")),
+                    None => break,
+                };
+                let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                match v["type"].as_str() {
+                    Some("next") => {
+                        let a = &v["payload"]["data"]["deliveryAttempts"];
+                        if let Some(errors) = v["payload"].get("errors") {
+                            // The server ends a stream that fell too far behind; that is a
+                            // result (the subscriber could not keep up), not a bench failure.
+                            if errors.to_string().contains("fell behind") {
+                                lagged.store(true, Ordering::Relaxed);
+                                break;
+                            }
+                            return Err(format!("subscriber got errors: {errors}"));
+                        }
+                        let id = a["eventId"]
+                            .as_str()
+                            .and_then(|s| Uuid::parse_str(s).ok())
+                            .ok_or_else(|| format!("attempt without eventId: {v}"))?;
+                        seen.push((id, at));
+                        count2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some("ping") => {
+                        let _ = ws
+                            .send(Message::Text(json!({"type": "pong"}).to_string().into()))
+                            .await;
+                    }
+                    Some("error") | Some("complete") => {
+                        return Err(format!("subscription ended: {v}"));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(seen)
+        });
+        Ok(Watcher {
+            task,
+            stop,
+            count,
+            lagged,
+        })
+    }
+
+    /// Waits until `n` attempts arrived, the server ended the stream as fallen behind, or
+    /// none arrived for `idle`. Returns the arrivals and whether it fell behind.
+    async fn finish(self, n: usize, idle: Duration) -> Res<(Vec<(Uuid, Instant)>, bool)> {
+        let mut last = self.count.load(Ordering::Relaxed);
+        let mut since = Instant::now();
+        while last < n && since.elapsed() < idle && !self.lagged.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = self.count.load(Ordering::Relaxed);
+            if now != last {
+                last = now;
+                since = Instant::now();
+            }
+        }
+        self.stop.notify_one();
+        let seen = self.task.await.map_err(|e| e.to_string())??;
+        Ok((seen, self.lagged.load(Ordering::Relaxed)))
+    }
+}
+
 /// CPU counters taken at a phase's start.
 struct Cpu {
     server: f64,
@@ -1101,6 +1228,45 @@ async fn run_on(sc: Scenario, server: &Server, args: &Args) -> Res<Run> {
             );
             cpu.finish(server, &mut run).await;
         }
+        Scenario::Live => {
+            // `single`'s load, watched by two `deliveryAttempts` subscribers: one asking for
+            // the attempt's own fields, one also for its delivery, event and destination.
+            let n = n_or(args, 20_000);
+            api.create_many(1, c, |i| recv.url(i), &["*"]).await?;
+            let flat = Watcher::start(server, LIVE_FLAT).await?;
+            let deep = Watcher::start(server, LIVE_DEEP).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let cpu = Cpu::start(server);
+            let pubs = publish_closed(&api, n, c, "order.created", args.timeout).await?;
+            recv.wait_for(n, args.timeout, stall).await?;
+            cpu.finish(server, &mut run).await;
+            phase_rows(&mut run, "", &pubs, &recv, None)?;
+            let sent: HashMap<Uuid, Instant> = pubs.iter().map(|p| (p.id, p.sent)).collect();
+            for (name, w) in [("own fields", flat), ("with relations", deep)] {
+                let (seen, lagged) = w.finish(n, Duration::from_secs(20)).await?;
+                run.put(
+                    &format!("subscriber ({name}): fell behind, stream ended (1 = yes)"),
+                    if lagged { 1.0 } else { 0.0 },
+                );
+                let lat = sorted(
+                    seen.iter()
+                        .filter_map(|(id, at)| sent.get(id).map(|s| (*at - *s).as_secs_f64() * 1e3))
+                        .collect(),
+                );
+                run.put(
+                    &format!("subscriber ({name}): attempts received"),
+                    lat.len() as f64,
+                );
+                run.put(
+                    &format!("subscriber ({name}): publish→subscriber p50 (ms)"),
+                    pct(&lat, 50.0),
+                );
+                run.put(
+                    &format!("subscriber ({name}): publish→subscriber p99 (ms)"),
+                    pct(&lat, 99.0),
+                );
+            }
+        }
         Scenario::Fanout1000 => {
             let dests = args.destinations.unwrap_or(1000);
             api.create_many(dests, c, |i| recv.url(i), &["*"]).await?;
@@ -1181,6 +1347,11 @@ fn describe(sc: Scenario, args: &Args) -> String {
                 Some(s) => format!(" after {s} s"),
                 None => String::new(),
             }
+        ),
+        Scenario::Live => format!(
+            "{} events, 1 destination, {} concurrent publishers, 2 deliveryAttempts subscribers",
+            n_or(args, 20_000),
+            args.concurrency
         ),
         Scenario::Fanout1000 => format!(
             "one event to {} destinations",

@@ -2,7 +2,9 @@
 
 use async_graphql::{ComplexObject, Context, Enum, ID, Json, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
-use entity::{delivery, delivery_attempt, event};
+use std::sync::Arc;
+
+use entity::{delivery, delivery_attempt, destination, event};
 
 use super::connection::{self, Conn, CountQuery};
 use super::loaders::{Loaders, StatsKey};
@@ -148,11 +150,26 @@ pub async fn delivery_connection(
         page,
         CountQuery::Deliveries(deliveries::filtered(p, &filter)),
         |m| m.id,
-        Delivery,
+        Delivery::from,
     ))
 }
 
-pub struct Delivery(pub delivery::Model);
+/// A delivery, with its event and destination when they were loaded along with it (a live
+/// stream loads them for a whole batch of attempts at once; otherwise the loaders do).
+pub struct Delivery(pub delivery::Model, pub Related);
+
+/// Relations of a [`Delivery`] loaded with it.
+#[derive(Clone, Default)]
+pub struct Related {
+    pub event: Option<Arc<event::Model>>,
+    pub destination: Option<Arc<destination::Model>>,
+}
+
+impl From<delivery::Model> for Delivery {
+    fn from(m: delivery::Model) -> Self {
+        Delivery(m, Related::default())
+    }
+}
 
 #[Object]
 impl Delivery {
@@ -191,6 +208,9 @@ impl Delivery {
     }
     async fn event(&self, ctx: &Context<'_>) -> Result<Option<Event>> {
         principal(ctx)?;
+        if let Some(e) = &self.1.event {
+            return Ok(Some(Event((**e).clone())));
+        }
         let e = loaders(ctx)?
             .events
             .load_one(self.0.event_id)
@@ -201,6 +221,9 @@ impl Delivery {
     /// The destination, even if it was deleted since (see its `deletedAt`).
     async fn destination(&self, ctx: &Context<'_>) -> Result<Option<Destination>> {
         principal(ctx)?;
+        if let Some(d) = &self.1.destination {
+            return Ok(Some(Destination((**d).clone())));
+        }
         let d = loaders(ctx)?
             .destinations
             .load_one(self.0.destination_id)
@@ -218,13 +241,19 @@ impl Delivery {
             .map_err(load_err)?;
         Ok(a.unwrap_or_default()
             .into_iter()
-            .map(DeliveryAttempt)
+            .map(DeliveryAttempt::from)
             .collect())
     }
 }
 
-#[derive(Clone)]
-pub struct DeliveryAttempt(pub delivery_attempt::Model);
+/// An attempt, with its delivery when that was loaded along with it (see [`Delivery`]).
+pub struct DeliveryAttempt(pub delivery_attempt::Model, pub Option<Delivery>);
+
+impl From<delivery_attempt::Model> for DeliveryAttempt {
+    fn from(m: delivery_attempt::Model) -> Self {
+        DeliveryAttempt(m, None)
+    }
+}
 
 #[Object]
 impl DeliveryAttempt {
@@ -285,12 +314,15 @@ impl DeliveryAttempt {
     }
     async fn delivery(&self, ctx: &Context<'_>) -> Result<Option<Delivery>> {
         principal(ctx)?;
+        if let Some(Delivery(d, r)) = &self.1 {
+            return Ok(Some(Delivery(d.clone(), r.clone())));
+        }
         let d = loaders(ctx)?
             .deliveries
             .load_one(self.0.delivery_id)
             .await
             .map_err(load_err)?;
-        Ok(d.map(Delivery))
+        Ok(d.map(Delivery::from))
     }
 }
 

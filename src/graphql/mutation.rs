@@ -191,7 +191,7 @@ impl Mutation {
         let st = state(ctx)?;
         let d = deliveries::retry(&st.db.write, p, id).await?;
         st.wake.notify_one();
-        Ok(Delivery(d))
+        Ok(Delivery::from(d))
     }
 
     /// Re-queues the destination's finished deliveries created in `[since, until)` with one
@@ -224,7 +224,7 @@ impl Mutation {
         let p = require(ctx, Scope::Write)?;
         let id = parse_id("destinationId", &destination_id)?;
         let st = state(ctx)?;
-        Ok(DeliveryAttempt(
+        Ok(DeliveryAttempt::from(
             crate::dispatch::send_test_event(st, p, id).await?,
         ))
     }

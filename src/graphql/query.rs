@@ -130,7 +130,9 @@ impl Query {
         let p = require(ctx, Scope::Read)?;
         let id = parse_id("id", &id)?;
         let st = state(ctx)?;
-        Ok(deliveries::get(&st.db.read, p, id).await?.map(Delivery))
+        Ok(deliveries::get(&st.db.read, p, id)
+            .await?
+            .map(Delivery::from))
     }
 
     /// Newest first.

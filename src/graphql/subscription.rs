@@ -1,11 +1,14 @@
 //! Live streams over `/graphql/ws`, filtered by the caller's tenant and the arguments.
 
+use std::collections::{HashMap, HashSet};
+
 use async_graphql::{Context, ID, Result, SimpleObject, Subscription as SubscriptionDerive};
 use chrono::{DateTime, Utc};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
+use uuid::Uuid;
 
-use super::delivery_types::{AttemptOutcome, DeliveryAttempt};
+use super::delivery_types::{AttemptOutcome, Delivery, DeliveryAttempt, Related};
 use super::types::DestinationStatus;
 use super::{BudgetGuard, SubscriptionBudget, parse_id, require, state};
 use crate::auth::Scope;
@@ -82,6 +85,109 @@ fn live_stream<T: Send + 'static>(
     })
 }
 
+/// The most attempts of a live stream whose relations are loaded together.
+const PRELOAD_BATCH: usize = 256;
+
+/// Which relations of `deliveryAttempts` the subscription's selection asks for.
+#[derive(Clone, Copy)]
+struct Relations {
+    delivery: bool,
+    event: bool,
+    destination: bool,
+}
+
+impl Relations {
+    fn asked(ctx: &Context<'_>) -> Self {
+        let d = ctx.look_ahead().field("delivery");
+        Relations {
+            delivery: d.exists(),
+            event: d.field("event").exists(),
+            destination: d.field("destination").exists(),
+        }
+    }
+
+    /// Loads the asked-for relations of a batch, within the caller's tenant. If loading
+    /// fails, the items go out bare and their resolvers load what they need one by one.
+    async fn load(
+        self,
+        db: crate::db::Db,
+        tenant: String,
+        batch: Vec<Result<std::sync::Arc<entity::delivery_attempt::Model>>>,
+    ) -> Vec<Result<DeliveryAttempt>> {
+        let deliveries = match self.delivery {
+            true => self
+                .deliveries(&db, &tenant, &batch)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "loading a live batch's deliveries");
+                    Default::default()
+                }),
+            false => Default::default(),
+        };
+        batch
+            .into_iter()
+            .map(|r| {
+                r.map(|a| {
+                    let d = deliveries
+                        .get(&a.delivery_id)
+                        .map(|(d, rel)| Delivery(d.clone(), rel.clone()));
+                    DeliveryAttempt((*a).clone(), d)
+                })
+            })
+            .collect()
+    }
+
+    async fn deliveries(
+        self,
+        db: &crate::db::Db,
+        tenant: &str,
+        batch: &[Result<std::sync::Arc<entity::delivery_attempt::Model>>],
+    ) -> Result<HashMap<Uuid, (entity::delivery::Model, Related)>, sea_orm::DbErr> {
+        use entity::{delivery, destination, event};
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        let ids: HashSet<Uuid> = batch.iter().flatten().map(|a| a.delivery_id).collect();
+        let rows = delivery::Entity::find()
+            .filter(delivery::Column::Id.is_in(ids))
+            .filter(delivery::Column::TenantId.eq(tenant))
+            .all(&db.read)
+            .await?;
+        let mut events = HashMap::new();
+        if self.event {
+            let ids: HashSet<Uuid> = rows.iter().map(|d| d.event_id).collect();
+            for e in event::Entity::find()
+                .filter(event::Column::Id.is_in(ids))
+                .filter(event::Column::TenantId.eq(tenant))
+                .all(&db.read)
+                .await?
+            {
+                events.insert(e.id, std::sync::Arc::new(e));
+            }
+        }
+        let mut dests = HashMap::new();
+        if self.destination {
+            let ids: HashSet<Uuid> = rows.iter().map(|d| d.destination_id).collect();
+            for d in destination::Entity::find()
+                .filter(destination::Column::Id.is_in(ids))
+                .filter(destination::Column::TenantId.eq(tenant))
+                .all(&db.read)
+                .await?
+            {
+                dests.insert(d.id, std::sync::Arc::new(d));
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .map(|d| {
+                let rel = Related {
+                    event: events.get(&d.event_id).cloned(),
+                    destination: dests.get(&d.destination_id).cloned(),
+                };
+                (d.id, (d, rel))
+            })
+            .collect())
+    }
+}
+
 /// Over WebSocket, each subscription takes a slot of the connection's budget.
 fn budget(ctx: &Context<'_>) -> Result<Option<BudgetGuard>, AppError> {
     ctx.data_opt::<SubscriptionBudget>()
@@ -113,8 +219,11 @@ impl Subscription {
             AttemptOutcome::Failure => "FAILURE",
         });
         let budget = budget(ctx)?;
-        let rx = state(ctx)?.live.subscribe();
-        Ok(live_stream(
+        let st = state(ctx)?;
+        let rx = st.live.subscribe();
+        let with = Relations::asked(ctx);
+        let (db, tenant) = (st.db.clone(), p.tenant.clone());
+        let attempts = live_stream(
             budget,
             rx,
             p.tenant.clone(),
@@ -125,11 +234,18 @@ impl Subscription {
                         && event_type.as_deref().is_none_or(|t| t == a.event_type)
                         && want.is_none_or(|o| o == a.outcome) =>
                 {
-                    Some(DeliveryAttempt((**a).clone()))
+                    Some(a.clone())
                 }
                 _ => None,
             },
-        ))
+        );
+        // What has arrived meanwhile is resolved together: the relations the selection asks
+        // for cost one query each per batch instead of one per attempt (each item of a
+        // subscription executes on its own, so DataLoaders cannot batch across items).
+        Ok(attempts
+            .ready_chunks(PRELOAD_BATCH)
+            .then(move |batch| with.load(db.clone(), tenant.clone(), batch))
+            .flat_map(futures_util::stream::iter))
     }
 
     /// Every health or enabled change of your destinations (or of one).

@@ -617,3 +617,66 @@ both!(
         status.expect_silence(Duration::from_secs(1)).await;
     }
 );
+
+const ATTEMPTS_WITH_RELATIONS: &str = "subscription {
+  deliveryAttempts {
+    id deliveryId destinationId eventId
+    delivery { id status attemptCount event { id type payload } destination { ...D } }
+  }
+}
+fragment D on Destination { id name }";
+
+// A burst of attempts whose subscriber asks for the delivery, its event and its destination:
+// the stream loads them for whole batches at once; each attempt must still get its own.
+both!(
+    relations_resolve_per_attempt_in_a_burst,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let tok = s.token("acme", "read write publish");
+        let r = Receiver::start().await;
+        let mut names = HashMap::new();
+        for name in ["first", "second"] {
+            let id = create_destination(&s, &tok, json!({"name": name, "url": r.url()})).await;
+            names.insert(id, name);
+        }
+        let mut sub = subscribe(
+            s.addr,
+            Proto::Transport,
+            &tok,
+            ATTEMPTS_WITH_RELATIONS,
+            json!({}),
+        )
+        .await;
+        let n = 40;
+        let types: Vec<String> = (0..n).map(|i| format!("order.n{i}")).collect();
+        let published = futures_util::future::join_all(
+            types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| publish(&s, &tok, t, json!({"n": i}))),
+        )
+        .await;
+        let by_event: HashMap<String, usize> = published
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| (id, i))
+            .collect();
+        let got = attempts(sub.take("1", 2 * n, WAIT).await);
+        let mut seen = std::collections::HashSet::new();
+        for a in &got {
+            let d = &a["delivery"];
+            assert_eq!(d["id"], a["deliveryId"], "{a}");
+            assert_eq!(d["status"], "SUCCEEDED", "{a}");
+            assert_eq!(d["attemptCount"], 1, "{a}");
+            assert_eq!(d["event"]["id"], a["eventId"], "{a}");
+            let i = by_event[a["eventId"].as_str().unwrap()];
+            assert_eq!(d["event"]["payload"], json!({"n": i}), "{a}");
+            assert_eq!(d["event"]["type"], format!("order.n{i}"), "{a}");
+            let dest = a["destinationId"].as_str().unwrap();
+            assert_eq!(d["destination"]["id"], dest, "{a}");
+            assert_eq!(d["destination"]["name"], names[dest], "{a}");
+            assert!(seen.insert((i, dest.to_string())), "twice: {a}");
+        }
+        assert_eq!(seen.len(), 2 * n);
+    }
+);
