@@ -5,20 +5,40 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use entity::delivery_attempt;
+use entity::{delivery, delivery_attempt, event};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 #[derive(Clone, Debug)]
 pub enum LiveEvent {
-    Attempt(Arc<delivery_attempt::Model>),
+    Attempt(Arc<LiveAttempt>),
     Status(Arc<StatusChange>),
+}
+
+/// A finished attempt, with its delivery (as this attempt left it) and its event when the
+/// instance that made it still had them in memory; subscribers asking for those relations
+/// then need no query. Attempts from other instances come without them.
+#[derive(Clone, Debug)]
+pub struct LiveAttempt {
+    pub attempt: delivery_attempt::Model,
+    pub delivery: Option<delivery::Model>,
+    pub event: Option<Arc<event::Model>>,
+}
+
+impl LiveAttempt {
+    pub fn bare(attempt: delivery_attempt::Model) -> Self {
+        LiveAttempt {
+            attempt,
+            delivery: None,
+            event: None,
+        }
+    }
 }
 
 impl LiveEvent {
     pub fn tenant(&self) -> &str {
         match self {
-            LiveEvent::Attempt(a) => &a.tenant_id,
+            LiveEvent::Attempt(a) => &a.attempt.tenant_id,
             LiveEvent::Status(s) => &s.tenant_id,
         }
     }
@@ -91,7 +111,7 @@ pub mod pg {
     use tokio_util::sync::CancellationToken;
     use uuid::Uuid;
 
-    use super::{LiveBus, LiveEvent, StatusChange};
+    use super::{LiveAttempt, LiveBus, LiveEvent, StatusChange};
 
     pub const WAKE: &str = "hookline_wake";
     pub const LIVE: &str = "hookline_live";
@@ -245,7 +265,7 @@ pub mod pg {
                     Ok(mut rows) => {
                         rows.sort_by_key(|r| r.id);
                         for r in rows {
-                            bus.publish(LiveEvent::Attempt(Arc::new(r)));
+                            bus.publish(LiveEvent::Attempt(Arc::new(LiveAttempt::bare(r))));
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "could not load announced attempts"),

@@ -22,6 +22,7 @@ use crate::service::now;
 pub(super) async fn write_deliveries(
     db: &impl ConnectionTrait,
     ups: &[DeliveryUpdate],
+    t: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     type Key<'a> = (
         &'static str,
@@ -31,7 +32,6 @@ pub(super) async fn write_deliveries(
         Option<&'a str>,
         bool,
     );
-    let t = now();
     let mut seen: HashMap<Uuid, usize> = HashMap::with_capacity(ups.len());
     for u in ups {
         *seen.entry(u.id).or_default() += 1;

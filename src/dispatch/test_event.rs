@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::claim::Claimed;
 use super::unit::{build_body, settle};
-use super::writer::WriterMsg;
+use super::writer::{Finished, WriterMsg};
 use crate::auth::Principal;
 use crate::error::{AppError, AppResult};
 use crate::service::{bulk, new_id, now};
@@ -55,8 +55,13 @@ pub async fn send_test_event(
     let started_at = now();
     let outcome = st.sender.send(&d, &msg_id, body).await;
     let (update, attempt) = settle(&d, &claimed, &outcome, request_id, started_at, now());
-    st.writer
-        .send(WriterMsg::Attempt(Box::new(attempt.clone()), update));
+    let event = unit.into_iter().next().and_then(|(_, e)| e);
+    st.writer.send(WriterMsg::Attempt(Box::new(Finished {
+        attempt: attempt.clone(),
+        update,
+        claimed,
+        event,
+    })));
     if !st.writer.barrier().await {
         return Err(AppError::Unavailable("the server is shutting down".into()));
     }

@@ -14,7 +14,7 @@ use super::payload::{self, EventRef, PayloadFormat};
 use super::retry;
 use super::runtime::{DestRuntime, HealthState};
 use super::sender::Outcome;
-use super::writer::{DeliveryUpdate, HealthUpdate, WriterMsg};
+use super::writer::{DeliveryUpdate, Finished, HealthUpdate, WriterMsg};
 use crate::service::destinations::retry_schedule_of;
 use crate::service::{new_id, now};
 
@@ -257,16 +257,21 @@ async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, un
     metrics::histogram!("hookline_attempt_duration_seconds").record(outcome.duration.as_secs_f64());
     let finished_at = now();
     let mut any_retry = None;
-    for (c, _) in &unit {
-        let (update, attempt) = settle(d, c, &outcome, request_id, started_at, finished_at);
+    for (c, event) in unit {
+        let (update, attempt) = settle(d, &c, &outcome, request_id, started_at, finished_at);
         if update.status == "AWAITING_RETRY" {
             any_retry = any_retry.max(update.next_attempt_at);
         }
+        engine.forget(c.id);
         engine
             .state
             .writer
-            .send(WriterMsg::Attempt(Box::new(attempt), update));
-        engine.forget(c.id);
+            .send(WriterMsg::Attempt(Box::new(Finished {
+                attempt,
+                update,
+                claimed: c,
+                event,
+            })));
     }
     let health = update_health(engine, rt, d, &outcome, any_retry, finished_at, probe);
     if probe {

@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use entity::delivery_attempt;
+use entity::{delivery, delivery_attempt, event};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::circuit::Health;
+use super::claim::Claimed;
 use super::rollup::RollupBook;
-use crate::live::{LiveBus, LiveEvent, StatusChange};
+use crate::live::{LiveAttempt, LiveBus, LiveEvent, StatusChange};
 use crate::service::{bulk, now};
 
 /// A delivery's new state after an attempt, a release or a discard.
@@ -52,8 +53,41 @@ pub struct HealthUpdate {
     pub release_held_until: Option<DateTime<Utc>>,
 }
 
+/// A finished attempt: its row, its delivery's new state, and what the unit knew of the
+/// delivery and its event (they go on the live bus with the attempt).
+pub struct Finished {
+    pub attempt: delivery_attempt::Model,
+    pub update: DeliveryUpdate,
+    pub claimed: Claimed,
+    pub event: Option<Arc<event::Model>>,
+}
+
+impl Finished {
+    /// The delivery row as this flush leaves it (the same rules as `store::write_deliveries`
+    /// for an attempt's update; a claimed delivery has no `completed_at` before).
+    fn delivery(&self, t: DateTime<Utc>) -> delivery::Model {
+        let (c, u) = (&self.claimed, &self.update);
+        delivery::Model {
+            id: c.id,
+            tenant_id: c.tenant_id.clone(),
+            event_id: c.event_id,
+            destination_id: c.destination_id,
+            event_type: c.event_type.clone(),
+            status: u.status.to_string(),
+            attempt_count: u.attempt_count.unwrap_or(c.attempt_count),
+            next_attempt_at: u.next_attempt_at,
+            lease_until: None,
+            lease_owner: None,
+            last_status_code: u.last_status_code,
+            last_error: u.last_error.clone(),
+            created_at: c.created_at,
+            completed_at: u.completed.then_some(t),
+        }
+    }
+}
+
 pub enum WriterMsg {
-    Attempt(Box<delivery_attempt::Model>, DeliveryUpdate),
+    Attempt(Box<Finished>),
     Delivery(DeliveryUpdate),
     Health(Box<HealthUpdate>),
     /// Answered once everything sent before it has committed.
@@ -170,9 +204,14 @@ async fn run(
         metrics::counter!("hookline_attempts_total", "outcome" => "success")
             .increment(flush.successes);
         metrics::counter!("hookline_attempts_total", "outcome" => "failure")
-            .increment(flush.attempts.len() as u64 - flush.successes);
-        for a in flush.attempts {
-            live.publish(LiveEvent::Attempt(Arc::new(a)));
+            .increment(flush.finished.len() as u64 - flush.successes);
+        for f in flush.finished {
+            let delivery = Some(f.delivery(flush.at));
+            live.publish(LiveEvent::Attempt(Arc::new(LiveAttempt {
+                attempt: f.attempt,
+                delivery,
+                event: f.event,
+            })));
         }
         for s in statuses {
             live.publish(LiveEvent::Status(Arc::new(s)));
@@ -187,7 +226,9 @@ async fn run(
 }
 
 struct Flush {
-    attempts: Vec<delivery_attempt::Model>,
+    /// When the flush was gathered: the `completed_at` of what it completes.
+    at: DateTime<Utc>,
+    finished: Vec<Finished>,
     successes: u64,
     deliveries: Vec<DeliveryUpdate>,
     health: HashMap<Uuid, HealthUpdate>,
@@ -202,7 +243,8 @@ impl Flush {
         closing: &mut Option<oneshot::Sender<()>>,
     ) -> Self {
         let mut f = Flush {
-            attempts: Vec::new(),
+            at: now(),
+            finished: Vec::new(),
             successes: 0,
             deliveries: Vec::new(),
             health: HashMap::new(),
@@ -210,13 +252,13 @@ impl Flush {
         };
         for m in msgs {
             match m {
-                WriterMsg::Attempt(a, d) => {
-                    book.record(&a);
-                    if a.outcome == "SUCCESS" {
+                WriterMsg::Attempt(a) => {
+                    book.record(&a.attempt);
+                    if a.attempt.outcome == "SUCCESS" {
                         f.successes += 1;
                     }
-                    f.attempts.push(*a);
-                    f.deliveries.push(d);
+                    f.deliveries.push(a.update.clone());
+                    f.finished.push(*a);
                 }
                 WriterMsg::Delivery(d) => f.deliveries.push(d),
                 WriterMsg::Barrier(ack) => acks.push(ack),
@@ -247,13 +289,14 @@ impl Flush {
         statuses: &[StatusChange],
     ) -> Result<(), DbErr> {
         let txn = db.begin().await?;
-        bulk::insert::<_, delivery_attempt::ActiveModel>(&txn, self.attempts.clone())
+        let attempts = self.finished.iter().map(|f| f.attempt.clone()).collect();
+        bulk::insert::<_, delivery_attempt::ActiveModel>(&txn, attempts)
             .await
             .map_err(|e| DbErr::Custom(e.detail()))?;
-        super::store::write_deliveries(&txn, &self.deliveries).await?;
+        super::store::write_deliveries(&txn, &self.deliveries, self.at).await?;
         super::store::write_health_all(&txn, &self.health).await?;
         super::rollup::upsert(&txn, &self.rollups).await?;
-        let ids: Vec<Uuid> = self.attempts.iter().map(|a| a.id).collect();
+        let ids: Vec<Uuid> = self.finished.iter().map(|f| f.attempt.id).collect();
         crate::live::pg::announce(&txn, instance_id, &ids, statuses).await?;
         txn.commit().await
     }

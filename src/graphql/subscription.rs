@@ -1,6 +1,7 @@
 //! Live streams over `/graphql/ws`, filtered by the caller's tenant and the arguments.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use async_graphql::{Context, ID, Result, SimpleObject, Subscription as SubscriptionDerive};
 use chrono::{DateTime, Utc};
@@ -13,7 +14,7 @@ use super::types::DestinationStatus;
 use super::{BudgetGuard, SubscriptionBudget, parse_id, require, state};
 use crate::auth::Scope;
 use crate::error::AppError;
-use crate::live::LiveEvent;
+use crate::live::{LiveAttempt, LiveEvent};
 
 pub struct Subscription;
 
@@ -106,87 +107,129 @@ impl Relations {
         }
     }
 
-    /// Loads the asked-for relations of a batch, within the caller's tenant. If loading
-    /// fails, the items go out bare and their resolvers load what they need one by one.
+    /// Resolves the asked-for relations of a batch, within the caller's tenant. The
+    /// delivery and event of an attempt made here came with it; the rest (destinations,
+    /// and what other instances' attempts need) is one query per relation for the batch.
+    /// If loading fails, the items go out as they are and their resolvers load the rest.
     async fn load(
         self,
         db: crate::db::Db,
         tenant: String,
-        batch: Vec<Result<std::sync::Arc<entity::delivery_attempt::Model>>>,
+        batch: Vec<Result<Arc<LiveAttempt>>>,
     ) -> Vec<Result<DeliveryAttempt>> {
-        let deliveries = match self.delivery {
-            true => self
-                .deliveries(&db, &tenant, &batch)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::debug!(error = %e, "loading a live batch's deliveries");
-                    Default::default()
-                }),
-            false => Default::default(),
+        if !self.delivery {
+            return batch
+                .into_iter()
+                .map(|r| r.map(|a| DeliveryAttempt::from(a.attempt.clone())))
+                .collect();
+        }
+        let (deliveries, events, dests) = match self.fetch(&db, &tenant, &batch).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(error = %e, "loading a live batch's relations");
+                Default::default()
+            }
         };
         batch
             .into_iter()
             .map(|r| {
                 r.map(|a| {
-                    let d = deliveries
-                        .get(&a.delivery_id)
-                        .map(|(d, rel)| Delivery(d.clone(), rel.clone()));
-                    DeliveryAttempt((*a).clone(), d)
+                    let d = a
+                        .delivery
+                        .as_ref()
+                        .filter(|d| d.tenant_id == tenant)
+                        .or_else(|| deliveries.get(&a.attempt.delivery_id))
+                        .map(|d| {
+                            let event = match (&a.event, self.event) {
+                                (Some(e), true) if e.id == d.event_id && e.tenant_id == tenant => {
+                                    Some(e.clone())
+                                }
+                                (_, true) => events.get(&d.event_id).cloned(),
+                                _ => None,
+                            };
+                            let destination = dests.get(&d.destination_id).cloned();
+                            Delivery(d.clone(), Related { event, destination })
+                        });
+                    DeliveryAttempt(a.attempt.clone(), d)
                 })
             })
             .collect()
     }
 
-    async fn deliveries(
+    /// What the batch's attempts did not bring along.
+    async fn fetch(
         self,
         db: &crate::db::Db,
         tenant: &str,
-        batch: &[Result<std::sync::Arc<entity::delivery_attempt::Model>>],
-    ) -> Result<HashMap<Uuid, (entity::delivery::Model, Related)>, sea_orm::DbErr> {
+        batch: &[Result<Arc<LiveAttempt>>],
+    ) -> Result<Found, sea_orm::DbErr> {
         use entity::{delivery, destination, event};
         use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-        let ids: HashSet<Uuid> = batch.iter().flatten().map(|a| a.delivery_id).collect();
-        let rows = delivery::Entity::find()
-            .filter(delivery::Column::Id.is_in(ids))
-            .filter(delivery::Column::TenantId.eq(tenant))
-            .all(&db.read)
-            .await?;
-        let mut events = HashMap::new();
-        if self.event {
-            let ids: HashSet<Uuid> = rows.iter().map(|d| d.event_id).collect();
-            for e in event::Entity::find()
-                .filter(event::Column::Id.is_in(ids))
-                .filter(event::Column::TenantId.eq(tenant))
+        let attempts: Vec<&LiveAttempt> = batch.iter().flatten().map(|a| &**a).collect();
+        let missing: HashSet<Uuid> = attempts
+            .iter()
+            .filter(|a| a.delivery.is_none())
+            .map(|a| a.attempt.delivery_id)
+            .collect();
+        let mut deliveries = HashMap::new();
+        if !missing.is_empty() {
+            for d in delivery::Entity::find()
+                .filter(delivery::Column::Id.is_in(missing))
+                .filter(delivery::Column::TenantId.eq(tenant))
                 .all(&db.read)
                 .await?
             {
-                events.insert(e.id, std::sync::Arc::new(e));
+                deliveries.insert(d.id, d);
+            }
+        }
+        let all = || {
+            attempts
+                .iter()
+                .filter_map(|a| a.delivery.as_ref())
+                .chain(deliveries.values())
+        };
+        let mut events = HashMap::new();
+        if self.event {
+            let ids: HashSet<Uuid> = attempts
+                .iter()
+                .filter(|a| a.event.is_none())
+                .map(|a| a.attempt.event_id)
+                .chain(deliveries.values().map(|d| d.event_id))
+                .collect();
+            if !ids.is_empty() {
+                for e in event::Entity::find()
+                    .filter(event::Column::Id.is_in(ids))
+                    .filter(event::Column::TenantId.eq(tenant))
+                    .all(&db.read)
+                    .await?
+                {
+                    events.insert(e.id, Arc::new(e));
+                }
             }
         }
         let mut dests = HashMap::new();
         if self.destination {
-            let ids: HashSet<Uuid> = rows.iter().map(|d| d.destination_id).collect();
-            for d in destination::Entity::find()
-                .filter(destination::Column::Id.is_in(ids))
-                .filter(destination::Column::TenantId.eq(tenant))
-                .all(&db.read)
-                .await?
-            {
-                dests.insert(d.id, std::sync::Arc::new(d));
+            let ids: HashSet<Uuid> = all().map(|d| d.destination_id).collect();
+            if !ids.is_empty() {
+                for d in destination::Entity::find()
+                    .filter(destination::Column::Id.is_in(ids))
+                    .filter(destination::Column::TenantId.eq(tenant))
+                    .all(&db.read)
+                    .await?
+                {
+                    dests.insert(d.id, Arc::new(d));
+                }
             }
         }
-        Ok(rows
-            .into_iter()
-            .map(|d| {
-                let rel = Related {
-                    event: events.get(&d.event_id).cloned(),
-                    destination: dests.get(&d.destination_id).cloned(),
-                };
-                (d.id, (d, rel))
-            })
-            .collect())
+        Ok((deliveries, events, dests))
     }
 }
+
+type Found = (
+    HashMap<Uuid, entity::delivery::Model>,
+    HashMap<Uuid, Arc<entity::event::Model>>,
+    HashMap<Uuid, Arc<entity::destination::Model>>,
+);
 
 /// Over WebSocket, each subscription takes a slot of the connection's budget.
 fn budget(ctx: &Context<'_>) -> Result<Option<BudgetGuard>, AppError> {
@@ -230,9 +273,11 @@ impl Subscription {
             p.expires_at,
             move |ev| match ev {
                 LiveEvent::Attempt(a)
-                    if only.is_none_or(|id| id == a.destination_id)
-                        && event_type.as_deref().is_none_or(|t| t == a.event_type)
-                        && want.is_none_or(|o| o == a.outcome) =>
+                    if only.is_none_or(|id| id == a.attempt.destination_id)
+                        && event_type
+                            .as_deref()
+                            .is_none_or(|t| t == a.attempt.event_type)
+                        && want.is_none_or(|o| o == a.attempt.outcome) =>
                 {
                     Some(a.clone())
                 }

@@ -618,32 +618,53 @@ both!(
     }
 );
 
-const ATTEMPTS_WITH_RELATIONS: &str = "subscription {
-  deliveryAttempts {
-    id deliveryId destinationId eventId
-    delivery { id status attemptCount event { id type payload } destination { ...D } }
-  }
-}
-fragment D on Destination { id name }";
+const DELIVERY_FIELDS: &str = "id status eventId destinationId eventType attemptCount \
+    nextAttemptAt lastStatusCode lastError createdAt completedAt \
+    event { id type level payload idempotencyKey createdAt }";
 
-// A burst of attempts whose subscriber asks for the delivery, its event and its destination:
-// the stream loads them for whole batches at once; each attempt must still get its own.
+fn attempts_with_relations() -> String {
+    format!(
+        "subscription {{ deliveryAttempts {{ id deliveryId destinationId eventId \
+           delivery {{ {DELIVERY_FIELDS} destination {{ ...D }} }} }} }}
+         fragment D on Destination {{ id name }}"
+    )
+}
+
+// A burst of attempts whose subscriber asks for the delivery, its event and its destination.
+// Attempts made here bring their delivery and event along; the stream loads destinations
+// (and anything missing) for whole batches. Each attempt must get exactly what a query of
+// the same objects returns afterwards, successes and retries alike.
 both!(
     relations_resolve_per_attempt_in_a_burst,
     |backend| async move {
         let s = Server::start(backend).await;
         let tok = s.token("acme", "read write publish");
-        let r = Receiver::start().await;
+        let ok = Receiver::start().await;
+        let bad = Receiver::start().await;
+        bad.status(503);
         let mut names = HashMap::new();
-        for name in ["first", "second"] {
-            let id = create_destination(&s, &tok, json!({"name": name, "url": r.url()})).await;
+        // Three events for the failing one: its circuit opens only after five failures.
+        for (name, url, types) in [
+            ("first", ok.url(), json!(["*"])),
+            (
+                "second",
+                bad.url(),
+                json!(["order.n0", "order.n1", "order.n2"]),
+            ),
+        ] {
+            let id = create_destination(
+                &s,
+                &tok,
+                json!({"name": name, "url": url, "retrySchedule": [3600], "eventTypes": types}),
+            )
+            .await;
             names.insert(id, name);
         }
         let mut sub = subscribe(
             s.addr,
             Proto::Transport,
             &tok,
-            ATTEMPTS_WITH_RELATIONS,
+            &attempts_with_relations(),
             json!({}),
         )
         .await;
@@ -661,22 +682,37 @@ both!(
             .enumerate()
             .map(|(i, id)| (id, i))
             .collect();
-        let got = attempts(sub.take("1", 2 * n, WAIT).await);
+        let got = attempts(sub.take("1", n + 3, WAIT).await);
         let mut seen = std::collections::HashSet::new();
         for a in &got {
             let d = &a["delivery"];
-            assert_eq!(d["id"], a["deliveryId"], "{a}");
-            assert_eq!(d["status"], "SUCCEEDED", "{a}");
-            assert_eq!(d["attemptCount"], 1, "{a}");
-            assert_eq!(d["event"]["id"], a["eventId"], "{a}");
+            let dest = a["destinationId"].as_str().unwrap();
             let i = by_event[a["eventId"].as_str().unwrap()];
+            assert_eq!(d["id"], a["deliveryId"], "{a}");
+            assert_eq!(d["event"]["id"], a["eventId"], "{a}");
             assert_eq!(d["event"]["payload"], json!({"n": i}), "{a}");
             assert_eq!(d["event"]["type"], format!("order.n{i}"), "{a}");
-            let dest = a["destinationId"].as_str().unwrap();
             assert_eq!(d["destination"]["id"], dest, "{a}");
             assert_eq!(d["destination"]["name"], names[dest], "{a}");
+            let expected = if names[dest] == "first" {
+                "SUCCEEDED"
+            } else {
+                "AWAITING_RETRY"
+            };
+            assert_eq!(d["status"], expected, "{a}");
             assert!(seen.insert((i, dest.to_string())), "twice: {a}");
+            // What a query returns now is what the stream said.
+            let q = s
+                .ok(
+                    &tok,
+                    &format!("query($id: ID!) {{ delivery(id: $id) {{ {DELIVERY_FIELDS} }} }}"),
+                    json!({"id": a["deliveryId"]}),
+                )
+                .await;
+            let mut live = d.clone();
+            live.as_object_mut().unwrap().remove("destination");
+            assert_eq!(q["delivery"], live, "stream and query differ");
         }
-        assert_eq!(seen.len(), 2 * n);
+        assert_eq!(seen.len(), n + 3);
     }
 );
