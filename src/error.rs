@@ -106,6 +106,15 @@ impl From<AppError> for async_graphql::Error {
         if matches!(e, AppError::Internal(_) | AppError::Unavailable(_)) {
             tracing::error!(error = %e.detail(), "request failed");
         }
+        e.into_graphql()
+    }
+}
+
+impl AppError {
+    /// The GraphQL error, without the server-side log line `From` writes for failures of the
+    /// server (for conditions that are the client's, such as a subscriber falling behind).
+    pub fn into_graphql(self) -> async_graphql::Error {
+        let e = self;
         let mut err = async_graphql::Error::new(e.public_message());
         err = err.extend_with(|_, ext| {
             ext.set("code", e.code());

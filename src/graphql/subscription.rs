@@ -74,10 +74,11 @@ fn live_stream<T: Send + 'static>(
                     }
                     Err(RecvError::Lagged(n)) => {
                         st.done = true;
+                        tracing::info!(missed = n, "a live subscriber fell behind; its stream ends");
                         let e = AppError::Unavailable(format!(
                             "subscriber fell behind and missed {n} items; resubscribe and query to catch up"
                         ));
-                        return Some((Err(e.into()), st));
+                        return Some((Err(e.into_graphql()), st));
                     }
                     Err(RecvError::Closed) => return None,
                 }
