@@ -140,6 +140,13 @@ pub async fn serve(
         shutdown.await;
         stop.cancel();
     });
+    // Without TCP_NODELAY a live stream's small frames wait for the client's delayed ACK
+    // (up to 40 ms) whenever one is still unacknowledged.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(token.cancelled_owned())
         .await?;
