@@ -184,7 +184,7 @@ pub struct ById<E> {
 }
 
 impl<E> ById<E> {
-    fn new(db: Db) -> Self {
+    pub fn new(db: Db) -> Self {
         Self {
             db,
             _e: std::marker::PhantomData,

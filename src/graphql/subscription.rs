@@ -10,6 +10,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use uuid::Uuid;
 
 use super::delivery_types::{AttemptOutcome, Delivery, DeliveryAttempt, Related};
+use super::loaders::ById;
 use super::types::DestinationStatus;
 use super::{BudgetGuard, SubscriptionBudget, parse_id, require, state};
 use crate::auth::Scope;
@@ -157,33 +158,32 @@ impl Relations {
             .collect()
     }
 
-    /// What the batch's attempts did not bring along.
+    /// What the batch's attempts did not bring along: one primary-key query per relation
+    /// (the loaders' own), keeping only the caller's tenant's rows.
     async fn fetch(
         self,
         db: &crate::db::Db,
         tenant: &str,
         batch: &[Result<Arc<LiveAttempt>>],
-    ) -> Result<Found, sea_orm::DbErr> {
+    ) -> Result<Found, Arc<sea_orm::DbErr>> {
+        use async_graphql::dataloader::Loader;
         use entity::{delivery, destination, event};
-        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
         let attempts: Vec<&LiveAttempt> = batch.iter().flatten().map(|a| &**a).collect();
-        let missing: HashSet<Uuid> = attempts
+        let missing: Vec<Uuid> = attempts
             .iter()
             .filter(|a| a.delivery.is_none())
             .map(|a| a.attempt.delivery_id)
+            .collect::<HashSet<_>>()
+            .into_iter()
             .collect();
         let mut deliveries = HashMap::new();
         if !missing.is_empty() {
-            for d in delivery::Entity::find()
-                .filter(delivery::Column::Id.is_in(missing))
-                .filter(delivery::Column::TenantId.eq(tenant))
-                .all(&db.read)
-                .await?
-            {
-                deliveries.insert(d.id, d);
-            }
+            deliveries = ById::<delivery::Entity>::new(db.clone())
+                .load(&missing)
+                .await?;
+            deliveries.retain(|_, d| d.tenant_id == tenant);
         }
-        let all = || {
+        let known = || {
             attempts
                 .iter()
                 .filter_map(|a| a.delivery.as_ref())
@@ -191,36 +191,44 @@ impl Relations {
         };
         let mut events = HashMap::new();
         if self.event {
-            let ids: HashSet<Uuid> = attempts
+            let ids: Vec<Uuid> = attempts
                 .iter()
                 .filter(|a| a.event.is_none())
                 .map(|a| a.attempt.event_id)
                 .chain(deliveries.values().map(|d| d.event_id))
+                .collect::<HashSet<_>>()
+                .into_iter()
                 .collect();
-            if !ids.is_empty() {
-                for e in event::Entity::find()
-                    .filter(event::Column::Id.is_in(ids))
-                    .filter(event::Column::TenantId.eq(tenant))
-                    .all(&db.read)
-                    .await?
-                {
-                    events.insert(e.id, Arc::new(e));
-                }
-            }
+            let found = match ids.is_empty() {
+                true => HashMap::new(),
+                false => ById::<event::Entity>::new(db.clone()).load(&ids).await?,
+            };
+            events = found
+                .into_iter()
+                .filter(|(_, e)| e.tenant_id == tenant)
+                .map(|(id, e)| (id, Arc::new(e)))
+                .collect();
         }
         let mut dests = HashMap::new();
         if self.destination {
-            let ids: HashSet<Uuid> = all().map(|d| d.destination_id).collect();
-            if !ids.is_empty() {
-                for d in destination::Entity::find()
-                    .filter(destination::Column::Id.is_in(ids))
-                    .filter(destination::Column::TenantId.eq(tenant))
-                    .all(&db.read)
-                    .await?
-                {
-                    dests.insert(d.id, Arc::new(d));
+            let ids: Vec<Uuid> = known()
+                .map(|d| d.destination_id)
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            let found = match ids.is_empty() {
+                true => HashMap::new(),
+                false => {
+                    ById::<destination::Entity>::new(db.clone())
+                        .load(&ids)
+                        .await?
                 }
-            }
+            };
+            dests = found
+                .into_iter()
+                .filter(|(_, d)| d.tenant_id == tenant)
+                .map(|(id, d)| (id, Arc::new(d)))
+                .collect();
         }
         Ok((deliveries, events, dests))
     }

@@ -514,7 +514,14 @@ mod two_instances_share_the_live_stream {
             create_destination(&a, &tok, json!({"url": ok.url(), "eventTypes": ["user.*"]})).await;
         let g =
             create_destination(&a, &tok, json!({"url": gone.url(), "eventTypes": ["x.*"]})).await;
-        let mut on_b = subscribe(b.addr, Proto::Transport, &tok, ATTEMPTS, json!({})).await;
+        let mut on_b = subscribe(
+            b.addr,
+            Proto::Transport,
+            &tok,
+            &attempts_with_relations(),
+            json!({}),
+        )
+        .await;
         let mut status_b = subscribe(b.addr, Proto::Transport, &tok, STATUS, json!({})).await;
         let rival = b.token("rival", "read");
         let mut rival_b = subscribe(b.addr, Proto::Transport, &rival, ATTEMPTS, json!({})).await;
@@ -530,8 +537,10 @@ mod two_instances_share_the_live_stream {
         ids.sort();
         assert_eq!(seen, ids);
         for at in &got {
-            // Resolved on B from the shared database.
+            // Resolved on B from the shared database (B made none of these attempts).
             assert_eq!(at["delivery"]["id"], at["deliveryId"]);
+            assert_eq!(at["delivery"]["event"]["id"], at["eventId"]);
+            assert_eq!(at["delivery"]["destination"]["id"], at["destinationId"]);
             if at["destinationId"] == d {
                 assert_eq!(at["outcome"], "SUCCESS");
                 assert_eq!(at["delivery"]["status"], "SUCCEEDED");
@@ -624,7 +633,7 @@ const DELIVERY_FIELDS: &str = "id status eventId destinationId eventType attempt
 
 fn attempts_with_relations() -> String {
     format!(
-        "subscription {{ deliveryAttempts {{ id deliveryId destinationId eventId \
+        "subscription {{ deliveryAttempts {{ id deliveryId destinationId eventId outcome responseStatus \
            delivery {{ {DELIVERY_FIELDS} destination {{ ...D }} }} }} }}
          fragment D on Destination {{ id name }}"
     )
