@@ -166,72 +166,57 @@ impl Relations {
         tenant: &str,
         batch: &[Result<Arc<LiveAttempt>>],
     ) -> Result<Found, Arc<sea_orm::DbErr>> {
-        use async_graphql::dataloader::Loader;
         use entity::{delivery, destination, event};
         let attempts: Vec<&LiveAttempt> = batch.iter().flatten().map(|a| &**a).collect();
-        let missing: Vec<Uuid> = attempts
+        let missing = attempts
             .iter()
             .filter(|a| a.delivery.is_none())
-            .map(|a| a.attempt.delivery_id)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let mut deliveries = HashMap::new();
-        if !missing.is_empty() {
-            deliveries = ById::<delivery::Entity>::new(db.clone())
-                .load(&missing)
-                .await?;
-            deliveries.retain(|_, d| d.tenant_id == tenant);
-        }
-        let known = || {
-            attempts
-                .iter()
-                .filter_map(|a| a.delivery.as_ref())
-                .chain(deliveries.values())
-        };
+            .map(|a| a.attempt.delivery_id);
+        let deliveries = by_id::<delivery::Entity>(db, missing, |d| d.tenant_id == tenant).await?;
         let mut events = HashMap::new();
         if self.event {
-            let ids: Vec<Uuid> = attempts
+            let ids = attempts
                 .iter()
                 .filter(|a| a.event.is_none())
                 .map(|a| a.attempt.event_id)
-                .chain(deliveries.values().map(|d| d.event_id))
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect();
-            let found = match ids.is_empty() {
-                true => HashMap::new(),
-                false => ById::<event::Entity>::new(db.clone()).load(&ids).await?,
-            };
-            events = found
-                .into_iter()
-                .filter(|(_, e)| e.tenant_id == tenant)
-                .map(|(id, e)| (id, Arc::new(e)))
-                .collect();
+                .chain(deliveries.values().map(|d| d.event_id));
+            events = by_id::<event::Entity>(db, ids, |e| e.tenant_id == tenant).await?;
         }
         let mut dests = HashMap::new();
         if self.destination {
-            let ids: Vec<Uuid> = known()
-                .map(|d| d.destination_id)
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect();
-            let found = match ids.is_empty() {
-                true => HashMap::new(),
-                false => {
-                    ById::<destination::Entity>::new(db.clone())
-                        .load(&ids)
-                        .await?
-                }
-            };
-            dests = found
-                .into_iter()
-                .filter(|(_, d)| d.tenant_id == tenant)
-                .map(|(id, d)| (id, Arc::new(d)))
-                .collect();
+            let ids = attempts
+                .iter()
+                .filter_map(|a| a.delivery.as_ref())
+                .chain(deliveries.values())
+                .map(|d| d.destination_id);
+            dests = by_id::<destination::Entity>(db, ids, |d| d.tenant_id == tenant).await?;
         }
-        Ok((deliveries, events, dests))
+        Ok((deliveries, shared(events), shared(dests)))
     }
+}
+
+fn shared<V>(m: HashMap<Uuid, V>) -> HashMap<Uuid, Arc<V>> {
+    m.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
+}
+
+/// Rows of `E` by id (none asked, no query), those `keep` accepts.
+async fn by_id<E>(
+    db: &crate::db::Db,
+    ids: impl Iterator<Item = Uuid>,
+    keep: impl Fn(&E::Model) -> bool,
+) -> Result<HashMap<Uuid, E::Model>, Arc<sea_orm::DbErr>>
+where
+    ById<E>: async_graphql::dataloader::Loader<Uuid, Value = E::Model, Error = Arc<sea_orm::DbErr>>,
+    E: sea_orm::EntityTrait,
+{
+    use async_graphql::dataloader::Loader;
+    let ids: Vec<Uuid> = ids.collect::<HashSet<_>>().into_iter().collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut rows = ById::<E>::new(db.clone()).load(&ids).await?;
+    rows.retain(|_, m| keep(m));
+    Ok(rows)
 }
 
 type Found = (
