@@ -205,13 +205,16 @@ async fn run(
             .increment(flush.successes);
         metrics::counter!("hookline_attempts_total", "outcome" => "failure")
             .increment(flush.finished.len() as u64 - flush.successes);
-        for f in flush.finished {
-            let delivery = Some(f.delivery(flush.at));
-            live.publish(LiveEvent::Attempt(Arc::new(LiveAttempt {
-                attempt: f.attempt,
-                delivery,
-                event: f.event,
-            })));
+        // Nobody subscribed here: the bus would drop them, so do not build them.
+        if live.subscriber_count() > 0 {
+            for f in flush.finished {
+                let delivery = Some(f.delivery(flush.at));
+                live.publish(LiveEvent::Attempt(Arc::new(LiveAttempt {
+                    attempt: f.attempt,
+                    delivery,
+                    event: f.event,
+                })));
+            }
         }
         for s in statuses {
             live.publish(LiveEvent::Status(Arc::new(s)));
