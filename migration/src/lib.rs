@@ -2,6 +2,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_initial;
 mod m20261124_000002_hot_path;
+mod m20261124_000003_rules_epoch;
 
 pub struct Migrator;
 
@@ -11,6 +12,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261124_000001_initial::Migration),
             Box::new(m20261124_000002_hot_path::Migration),
+            Box::new(m20261124_000003_rules_epoch::Migration),
         ]
     }
 }

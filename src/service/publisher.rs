@@ -27,6 +27,11 @@ use crate::error::{AppError, AppResult};
 /// Publishes gathered into one transaction at most.
 const MAX_GROUP: usize = 256;
 
+/// PostgreSQL: how often a group is planned again because the rules changed under it
+/// before the publishes give up (each try reads them afresh; it takes a change committed
+/// between every read and the insert that follows it).
+const STALE_RULES_RETRIES: usize = 5;
+
 struct Job {
     tenant: String,
     event: NewEvent,
@@ -78,17 +83,15 @@ async fn writer(
     hub: Arc<Hub>,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
-    // SQLite serves one instance, so every change to the rules happens here and bumps
-    // `Hub::rules_generation`: the rules can be kept between groups. PostgreSQL may be
-    // shared with other instances: it reads them for every group.
-    let mut cache = (!db.is_postgres()).then(RulesCache::default);
+    // Each writer keeps the rules it read between groups (see `RulesCache`).
+    let mut cache = RulesCache::default();
     loop {
         // The lock is held only while gathering, never across a commit.
         if rx.lock().await.recv_many(&mut group, MAX_GROUP).await == 0 {
             return;
         }
         let jobs = std::mem::take(&mut group);
-        let queued = commit_group(&db, &hub, cache.as_mut(), jobs).await;
+        let queued = commit_group(&db, &hub, &mut cache, jobs).await;
         if queued > 0 {
             wake.notify_one();
         }
@@ -113,13 +116,8 @@ struct Written {
 /// Commits a group; answers every job. Returns how many deliveries were queued for the claim
 /// loop. If the group's transaction fails (a racing idempotency key, say), each job is retried
 /// alone so one bad job never fails the others.
-async fn commit_group(
-    db: &Db,
-    hub: &Hub,
-    mut cache: Option<&mut RulesCache>,
-    jobs: Vec<Job>,
-) -> usize {
-    match plan_and_write(db, hub, cache.as_deref_mut(), &jobs).await {
+async fn commit_group(db: &Db, hub: &Hub, cache: &mut RulesCache, jobs: Vec<Job>) -> usize {
+    match plan_and_write(db, hub, cache, &jobs).await {
         Ok(w) => {
             for (job, res) in jobs.into_iter().zip(w.results) {
                 let _ = job.reply.send(Ok(res));
@@ -130,7 +128,7 @@ async fn commit_group(
             let mut n = 0;
             for job in jobs {
                 let res =
-                    plan_and_write(db, hub, cache.as_deref_mut(), std::slice::from_ref(&job)).await;
+                    plan_and_write(db, hub, cache, std::slice::from_ref(&job)).await;
                 let res = match res {
                     Ok(mut w) => {
                         n += w.queued;
@@ -193,9 +191,23 @@ async fn existing_by_keys(
         .collect())
 }
 
-type Routes = (Vec<Rule>, HashMap<Uuid, Arc<destination::Model>>);
+/// A tenant's rules and destinations, and the PostgreSQL rules epoch they were read at.
+struct Routes {
+    rules: Vec<Rule>,
+    dests: HashMap<Uuid, Arc<destination::Model>>,
+    epoch: i64,
+}
 
-/// Each tenant's rules as read at a rules generation (see [`Hub::rules_generation`]).
+/// Each tenant's rules, kept between groups and read again only when they may have changed.
+///
+/// Every change made through this instance bumps [`Hub::rules_generation`] once committed.
+/// SQLite serves one instance, so that is all there is. PostgreSQL may be shared: a change
+/// made elsewhere bumps the tenant's `rules_epoch` row (triggers, in the changing
+/// transaction; see migration `m20261124_000003_rules_epoch`), and every group's insert
+/// checks, in the same statement, that the epochs its rules were read at are still current —
+/// if one is not, nothing is written and the group is planned again from fresh rules. So an
+/// event is never routed by rules older than the snapshot of the statement that commits it,
+/// as when the rules were read for every group, without that read.
 #[derive(Default)]
 struct RulesCache {
     tenants: HashMap<String, (u64, Arc<Routes>)>,
@@ -210,21 +222,26 @@ impl RulesCache {
 async fn routes_of(
     db: &impl ConnectionTrait,
     hub: &Hub,
-    cache: Option<&mut RulesCache>,
+    cache: &mut RulesCache,
     tenant: &str,
 ) -> AppResult<Arc<Routes>> {
-    let Some(cache) = cache else {
-        return Ok(Arc::new(active_rules(db, tenant).await?));
-    };
     // Read before the query: a change that commits meanwhile bumps past it, so what the
-    // query returns is never kept under a generation newer than the data it saw.
+    // query returns is never kept under a generation newer than the data it saw. The epoch
+    // likewise: read before the rules, it can only be older than them (the insert's check
+    // then fails once and they are read again), never newer.
     let generation = hub.rules_generation();
     if let Some((g, routes)) = cache.tenants.get(tenant)
         && *g == generation
     {
         return Ok(routes.clone());
     }
-    let routes = Arc::new(active_rules(db, tenant).await?);
+    let epoch = rules_epoch(db, tenant).await?;
+    let (rules, dests) = active_rules(db, tenant).await?;
+    let routes = Arc::new(Routes {
+        rules,
+        dests,
+        epoch,
+    });
     if cache.tenants.len() >= RulesCache::TENANTS {
         cache.tenants.clear();
     }
@@ -234,22 +251,54 @@ async fn routes_of(
     Ok(routes)
 }
 
+/// PostgreSQL: the tenant's rules epoch (0 before its first change). SQLite: always 0.
+async fn rules_epoch(db: &impl ConnectionTrait, tenant: &str) -> AppResult<i64> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(0);
+    }
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT COALESCE((SELECT epoch FROM rules_epoch WHERE tenant_id = $1), 0) AS epoch",
+            [tenant.into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get::<i64>("", "epoch")?,
+        None => 0,
+    })
+}
+
 async fn plan_and_write(
     db: &Db,
     hub: &Hub,
-    cache: Option<&mut RulesCache>,
+    cache: &mut RulesCache,
     jobs: &[Job],
 ) -> AppResult<Written> {
     // The rules and idempotency keys are read before the write, outside its transaction (the
     // same as inside it under READ COMMITTED; a racing idempotency key still meets the unique
     // index): on SQLite the single writer connection then only writes. PostgreSQL writes a
-    // group in one statement, atomic by itself.
-    let group = plan_group(&db.read, hub, cache, jobs).await?;
+    // group in one statement, atomic by itself, which checks the rules epochs.
     if db.is_postgres() {
-        let wake = group.written.queued > 0;
-        let res = insert_plans_pg(&db.write, &group.plans, wake).await;
-        return finish(hub, group, res);
+        for _ in 0..STALE_RULES_RETRIES {
+            let group = plan_group(&db.read, hub, cache, jobs).await?;
+            let wake = group.written.queued > 0;
+            match insert_plans_pg(&db.write, &group.plans, &group.routes, wake).await {
+                Ok(false) => {
+                    // Rules changed elsewhere since they were read: nothing was written.
+                    for tenant in group.routes.keys() {
+                        cache.tenants.remove(*tenant);
+                    }
+                    let _ = finish(hub, group, Err(AppError::Internal("stale rules".into())));
+                }
+                res => return finish(hub, group, res.map(|_| ())),
+            }
+        }
+        return Err(AppError::Unavailable(
+            "the destinations changed on every try; publish again".into(),
+        ));
     }
+    let group = plan_group(&db.read, hub, cache, jobs).await?;
     let txn = db.write.begin().await?;
     let res = async {
         insert_plans(&txn, &group.plans).await?;
@@ -284,7 +333,7 @@ fn finish(hub: &Hub, group: Group<'_>, res: AppResult<()>) -> AppResult<Written>
 async fn plan_group<'a>(
     db: &impl ConnectionTrait,
     hub: &Hub,
-    mut cache: Option<&mut RulesCache>,
+    cache: &mut RulesCache,
     jobs: &'a [Job],
 ) -> AppResult<Group<'a>> {
     // Rules and existing idempotency keys, one query each per tenant in the group.
@@ -292,7 +341,7 @@ async fn plan_group<'a>(
     let mut existing: HashMap<(&str, String), event::Model> = HashMap::new();
     for job in jobs {
         if !routes.contains_key(job.tenant.as_str()) {
-            let r = routes_of(db, hub, cache.as_deref_mut(), &job.tenant).await?;
+            let r = routes_of(db, hub, cache, &job.tenant).await?;
             routes.insert(&job.tenant, r);
             let keys: Vec<String> = jobs
                 .iter()
@@ -321,11 +370,12 @@ async fn plan_group<'a>(
             });
             continue;
         }
-        let (rules, dests) = &*routes[job.tenant.as_str()];
-        let mut plan = plan(&job.tenant, &job.event, rules, t);
+        let r = &*routes[job.tenant.as_str()];
+        let mut plan = plan(&job.tenant, &job.event, &r.rules, t);
         // Deliveries the dispatcher here has room for are leased to it now.
         for dl in &mut plan.deliveries {
-            let route = dests
+            let route = r
+                .dests
                 .get(&dl.destination_id)
                 .map_or(Route::Queue, |d| hub.route(d));
             let handed = match route {
@@ -376,7 +426,7 @@ fn hand_over(hub: &Hub, routes: &HashMap<&str, Arc<Routes>>, plans: Vec<Plan>) {
             let Some(rt) = rt else { continue };
             let Some(d) = routes
                 .get(dl.tenant_id.as_str())
-                .and_then(|r| r.1.get(&dl.destination_id))
+                .and_then(|r| r.dests.get(&dl.destination_id))
             else {
                 // Cannot happen (the route was chosen from this row); if it did, the lease
                 // would bring the delivery back.
@@ -454,26 +504,53 @@ pub fn new_delivery(ev: &event::Model, destination_id: Uuid, t: DateTime<Utc>) -
 }
 
 /// PostgreSQL: a group's events and deliveries in one statement (one round trip, one commit),
-/// waking the other instances in it when some deliveries are left for the queue.
-async fn insert_plans_pg(db: &impl ConnectionTrait, plans: &[Plan], wake: bool) -> AppResult<()> {
+/// waking the other instances in it when some deliveries are left for the queue — provided
+/// every tenant's rules epoch is still the one its rules were read at (see [`RulesCache`]).
+/// Returns false, having written nothing, when one has moved.
+async fn insert_plans_pg(
+    db: &impl ConnectionTrait,
+    plans: &[Plan],
+    routes: &HashMap<&str, Arc<Routes>>,
+    wake: bool,
+) -> AppResult<bool> {
+    #[derive(serde::Serialize)]
+    struct Epoch<'a> {
+        tenant_id: &'a str,
+        epoch: i64,
+    }
     let events: Vec<&event::Model> = plans.iter().map(|p| &*p.event).collect();
     let deliveries: Vec<&delivery::Model> = plans.iter().flat_map(|p| &p.deliveries).collect();
-    db.execute_raw(sea_orm::Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "WITH e AS (INSERT INTO \"event\" \
-           SELECT * FROM json_populate_recordset(NULL::\"event\", $1::json)), \
-         d AS (INSERT INTO delivery \
-           SELECT * FROM json_populate_recordset(NULL::delivery, $2::json)) \
-         SELECT pg_notify($3, '') WHERE $4",
-        [
-            to_json(&events)?.into(),
-            to_json(&deliveries)?.into(),
-            crate::live::pg::WAKE.into(),
-            wake.into(),
-        ],
-    ))
-    .await?;
-    Ok(())
+    let epochs: Vec<Epoch> = routes
+        .iter()
+        .map(|(tenant_id, r)| Epoch {
+            tenant_id,
+            epoch: r.epoch,
+        })
+        .collect();
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "WITH g AS (SELECT COALESCE(bool_and(COALESCE(r.epoch, 0) = x.epoch), true) AS ok \
+               FROM json_to_recordset($5::json) AS x(tenant_id text, epoch int8) \
+               LEFT JOIN rules_epoch r ON r.tenant_id = x.tenant_id), \
+             e AS (INSERT INTO \"event\" \
+               SELECT * FROM json_populate_recordset(NULL::\"event\", $1::json) \
+               WHERE (SELECT ok FROM g)), \
+             d AS (INSERT INTO delivery \
+               SELECT * FROM json_populate_recordset(NULL::delivery, $2::json) \
+               WHERE (SELECT ok FROM g)) \
+             SELECT ok, CASE WHEN ok AND $4 THEN pg_notify($3, '') END AS woke FROM g",
+            [
+                to_json(&events)?.into(),
+                to_json(&deliveries)?.into(),
+                crate::live::pg::WAKE.into(),
+                wake.into(),
+                to_json(&epochs)?.into(),
+            ],
+        ))
+        .await?;
+    let row = row.ok_or_else(|| AppError::Internal("the publish statement returned no row".into()))?;
+    Ok(row.try_get::<bool>("", "ok")?)
 }
 
 fn to_json<T: serde::Serialize>(rows: &T) -> AppResult<String> {

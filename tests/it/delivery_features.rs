@@ -363,6 +363,99 @@ async fn two_dispatchers_share_one_postgres() {
     drop(b);
 }
 
+// PostgreSQL: a publishing instance keeps the rules it read between publishes; a change made
+// through another instance must still apply to its very next publish (the rules epoch that
+// every group's insert checks). Eight concurrent publishes per step reach every one of the
+// instance's group writers, each of which has read — and kept — the rules before the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_changes_on_another_instance_apply_to_the_next_publish() {
+    if pg_available().is_none() {
+        return;
+    }
+    let a = Server::start(Backend::Postgres).await;
+    let b = a.start_peer(|_| {}).await;
+    let tok = token("rules-peer", "read write publish");
+    let burst = |step: i64| {
+        let (b, tok) = (&b, &tok);
+        async move {
+            let pubs = (0..8).map(|i| publish(b, tok, "order.created", json!({"step": step, "i": i})));
+            futures_util::future::join_all(pubs).await
+        }
+    };
+    let steps = |r: &Receiver| -> Vec<i64> {
+        let mut v: Vec<i64> = r
+            .received()
+            .iter()
+            .map(|x| x.json()["data"]["step"].as_i64().unwrap())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let r1 = Receiver::start().await;
+    let d1 = create_destination(&a, &tok, json!({"url": r1.url()})).await;
+    // Warm every writer of b: several rounds, so each has read the rules.
+    for _ in 0..3 {
+        burst(1).await;
+    }
+    r1.wait_for(24, Duration::from_secs(20)).await;
+
+    // A destination created through a: b's next publishes reach it (and d1).
+    let r2 = Receiver::start().await;
+    let d2 = create_destination(&a, &tok, json!({"url": r2.url()})).await;
+    burst(2).await;
+    r2.wait_for(8, Duration::from_secs(20)).await;
+
+    // d1's URL moved to r3 through a: b sends there, not to r1.
+    let r3 = Receiver::start().await;
+    a.ok(
+        &tok,
+        "mutation($id: ID!, $url: String!) { updateDestination(id: $id, input: {url: $url}) { id } }",
+        json!({"id": d1, "url": r3.url()}),
+    )
+    .await;
+    burst(3).await;
+    r3.wait_for(8, Duration::from_secs(20)).await;
+
+    // d2 disabled and d1's subscription narrowed through a: b's order events reach nobody.
+    a.ok(
+        &tok,
+        "mutation($id: ID!) { disableDestination(id: $id) { id } }",
+        json!({"id": d2}),
+    )
+    .await;
+    let subs = a
+        .ok(
+            &tok,
+            "query($id: ID!) { destination(id: $id) { eventSubscriptions { id } } }",
+            json!({"id": d1}),
+        )
+        .await;
+    let sub = subs["destination"]["eventSubscriptions"][0]["id"].clone();
+    a.ok(
+        &tok,
+        "mutation($id: ID!) { updateEventSubscription(id: $id, input: {eventTypes: [\"user.*\"]}) { id } }",
+        json!({"id": sub}),
+    )
+    .await;
+    let ids = burst(4).await;
+    for id in &ids {
+        let e = b
+            .ok(
+                &tok,
+                "query($id: ID!) { event(id: $id) { deliveries { totalCount } } }",
+                json!({"id": id}),
+            )
+            .await;
+        assert_eq!(e["event"]["deliveries"]["totalCount"], 0, "event {id} of step 4");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(steps(&r1), vec![1, 2], "r1 (d1 before its URL moved)");
+    assert_eq!(steps(&r2), vec![2, 3], "r2 (d2 until disabled)");
+    assert_eq!(steps(&r3), vec![3], "r3 (d1 after its URL moved, until narrowed)");
+    drop(b);
+}
+
 // Every change to the rules applies to the very next publish (SQLite keeps the rules between
 // publishes and must drop them on each change): a new destination, a narrowed subscription,
 // a disabled destination, and one switched off by a 410 Gone.
