@@ -1,4 +1,5 @@
-//! Bulk writes on the hot paths (publish and completion), with statement text that does not
+//! Bulk writes on the hot paths (the completion writer; SQLite's publisher too — PostgreSQL's
+//! publisher sends binary arrays, see `service::publisher`), with statement text that does not
 //! depend on the number of rows.
 //!
 //! PostgreSQL gets the rows as one JSON document: `INSERT INTO t SELECT * FROM

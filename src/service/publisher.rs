@@ -127,8 +127,7 @@ async fn commit_group(db: &Db, hub: &Hub, cache: &mut RulesCache, jobs: Vec<Job>
         Err(_) if jobs.len() > 1 => {
             let mut n = 0;
             for job in jobs {
-                let res =
-                    plan_and_write(db, hub, cache, std::slice::from_ref(&job)).await;
+                let res = plan_and_write(db, hub, cache, std::slice::from_ref(&job)).await;
                 let res = match res {
                     Ok(mut w) => {
                         n += w.queued;
@@ -534,42 +533,54 @@ async fn insert_plans_pg(
              $20::timestamptz[]) \
            WHERE (SELECT ok FROM g)) \
          SELECT ok, CASE WHEN ok AND $22 THEN pg_notify($21, '') END AS woke FROM g";
-    let (tenants, epochs): (Vec<&str>, Vec<i64>) = routes.iter().map(|(t, r)| (*t, r.epoch)).unzip();
-    let events = plans.iter().map(|p| &*p.event);
-    let deliveries: Vec<&delivery::Model> = plans.iter().flat_map(|p| &p.deliveries).collect();
+    let (tenants, epochs): (Vec<&str>, Vec<i64>) =
+        routes.iter().map(|(t, r)| (*t, r.epoch)).unzip();
+    let ev: Vec<&event::Model> = plans.iter().map(|p| &*p.event).collect();
+    let dl: Vec<&delivery::Model> = plans.iter().flat_map(|p| &p.deliveries).collect();
     // What the statement leaves to the column defaults (NULL) is what a new delivery has.
-    debug_assert!(deliveries.iter().all(|d| {
+    debug_assert!(dl.iter().all(|d| {
         d.last_status_code.is_none() && d.last_error.is_none() && d.completed_at.is_none()
     }));
-    let q = sqlx::query(SQL)
+    let row = sqlx::query(SQL)
         .bind(tenants)
         .bind(epochs)
-        .bind(events.clone().map(|e| e.id).collect::<Vec<Uuid>>())
-        .bind(events.clone().map(|e| e.tenant_id.as_str()).collect::<Vec<&str>>())
-        .bind(events.clone().map(|e| e.event_type.as_str()).collect::<Vec<&str>>())
-        .bind(events.clone().map(|e| e.level.as_str()).collect::<Vec<&str>>())
-        .bind(events.clone().map(|e| e.payload.as_str()).collect::<Vec<&str>>())
-        .bind(events.clone().map(|e| e.idempotency_key.as_deref()).collect::<Vec<Option<&str>>>())
-        .bind(events.map(|e| e.created_at).collect::<Vec<DateTime<Utc>>>())
-        .bind(deliveries.iter().map(|d| d.id).collect::<Vec<Uuid>>())
-        .bind(deliveries.iter().map(|d| d.tenant_id.as_str()).collect::<Vec<&str>>())
-        .bind(deliveries.iter().map(|d| d.event_id).collect::<Vec<Uuid>>())
-        .bind(deliveries.iter().map(|d| d.destination_id).collect::<Vec<Uuid>>())
-        .bind(deliveries.iter().map(|d| d.event_type.as_str()).collect::<Vec<&str>>())
-        .bind(deliveries.iter().map(|d| d.status.as_str()).collect::<Vec<&str>>())
-        .bind(deliveries.iter().map(|d| d.attempt_count).collect::<Vec<i32>>())
-        .bind(deliveries.iter().map(|d| d.next_attempt_at).collect::<Vec<Option<DateTime<Utc>>>>())
-        .bind(deliveries.iter().map(|d| d.lease_until).collect::<Vec<Option<DateTime<Utc>>>>())
-        .bind(deliveries.iter().map(|d| d.lease_owner.as_deref()).collect::<Vec<Option<&str>>>())
-        .bind(deliveries.iter().map(|d| d.created_at).collect::<Vec<DateTime<Utc>>>())
+        .bind(column(&ev, |e| e.id))
+        .bind(column(&ev, |e| e.tenant_id.as_str()))
+        .bind(column(&ev, |e| e.event_type.as_str()))
+        .bind(column(&ev, |e| e.level.as_str()))
+        .bind(column(&ev, |e| e.payload.as_str()))
+        .bind(column(&ev, |e| e.idempotency_key.as_deref()))
+        .bind(column(&ev, |e| e.created_at))
+        .bind(column(&dl, |d| d.id))
+        .bind(column(&dl, |d| d.tenant_id.as_str()))
+        .bind(column(&dl, |d| d.event_id))
+        .bind(column(&dl, |d| d.destination_id))
+        .bind(column(&dl, |d| d.event_type.as_str()))
+        .bind(column(&dl, |d| d.status.as_str()))
+        .bind(column(&dl, |d| d.attempt_count))
+        .bind(column(&dl, |d| d.next_attempt_at))
+        .bind(column(&dl, |d| d.lease_until))
+        .bind(column(&dl, |d| d.lease_owner.as_deref()))
+        .bind(column(&dl, |d| d.created_at))
         .bind(crate::live::pg::WAKE)
-        .bind(wake);
-    let row = q
+        .bind(wake)
         .fetch_one(db.get_postgres_connection_pool())
         .await
-        .map_err(|e| DbErr::Query(sea_orm::RuntimeErr::SqlxError(Arc::new(e))))?;
+        .map_err(|e| match e {
+            // As SeaORM reports them for its own statements (see `AppError::from(DbErr)`).
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                AppError::Unavailable("database unreachable".into())
+            }
+            e => DbErr::Query(sea_orm::RuntimeErr::SqlxError(Arc::new(e))).into(),
+        })?;
     use sqlx::Row;
-    Ok(row.try_get::<bool, _>("ok").map_err(|e| AppError::internal("publish statement", e))?)
+    row.try_get::<bool, _>("ok")
+        .map_err(|e| AppError::internal("publish statement", e))
+}
+
+/// One column of `rows`, for binding as a PostgreSQL array.
+fn column<'a, T, U>(rows: &[&'a T], f: impl Fn(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(|r| f(r)).collect()
 }
 
 async fn insert_plans(db: &impl ConnectionTrait, plans: &[Plan]) -> AppResult<()> {

@@ -378,7 +378,8 @@ async fn rule_changes_on_another_instance_apply_to_the_next_publish() {
     let burst = |step: i64| {
         let (b, tok) = (&b, &tok);
         async move {
-            let pubs = (0..8).map(|i| publish(b, tok, "order.created", json!({"step": step, "i": i})));
+            let pubs =
+                (0..8).map(|i| publish(b, tok, "order.created", json!({"step": step, "i": i})));
             futures_util::future::join_all(pubs).await
         }
     };
@@ -447,12 +448,19 @@ async fn rule_changes_on_another_instance_apply_to_the_next_publish() {
                 json!({"id": id}),
             )
             .await;
-        assert_eq!(e["event"]["deliveries"]["totalCount"], 0, "event {id} of step 4");
+        assert_eq!(
+            e["event"]["deliveries"]["totalCount"], 0,
+            "event {id} of step 4"
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(steps(&r1), vec![1, 2], "r1 (d1 before its URL moved)");
     assert_eq!(steps(&r2), vec![2, 3], "r2 (d2 until disabled)");
-    assert_eq!(steps(&r3), vec![3], "r3 (d1 after its URL moved, until narrowed)");
+    assert_eq!(
+        steps(&r3),
+        vec![3],
+        "r3 (d1 after its URL moved, until narrowed)"
+    );
     drop(b);
 }
 
