@@ -13,12 +13,17 @@ use uuid::Uuid;
 use super::writer::{DeliveryUpdate, HealthUpdate};
 use crate::service::now;
 
-/// Writes the delivery updates of one flush. PostgreSQL: one statement for all of them, the
-/// rows passed as one JSON document. SQLite: updates with the same values share one statement
-/// (`WHERE id IN (...)`): the successes of a flush, and the releases of a destination whose
-/// circuit is open, which would otherwise cost one statement each. Either way, a delivery
-/// updated twice in one flush (its lease lapsed and it was claimed again) gets one statement
-/// per update, in order, so the later update wins.
+/// Writes the delivery updates of one flush. An update never reopens a delivery that is
+/// already finished — its destination was deleted while the attempt was in flight, or its
+/// lease lapsed and another instance finished it — except to record a success, which is what
+/// happened: a late failure or release must not send it again.
+///
+/// PostgreSQL: one statement for all of them, the rows passed as one JSON document. SQLite:
+/// updates with the same values share one statement (`WHERE id IN (...)`): the successes of
+/// a flush, and the releases of a destination whose circuit is open, which would otherwise
+/// cost one statement each. Either way, a delivery updated twice in one flush (its lease
+/// lapsed and it was claimed again) gets one statement per update, in order, so the later
+/// update wins (unless the earlier one finished it, as above).
 pub(super) async fn write_deliveries(
     db: &impl ConnectionTrait,
     ups: &[DeliveryUpdate],
@@ -94,6 +99,9 @@ pub(super) async fn write_deliveries(
         if u.completed {
             q = q.col_expr(delivery::Column::CompletedAt, Expr::value(t));
         }
+        if u.status != "SUCCEEDED" {
+            q = q.filter(delivery::Column::CompletedAt.is_null());
+        }
         q
     };
     for ((status, attempt_count, next_attempt_at, last_status_code, last_error, completed), ids) in
@@ -153,7 +161,8 @@ const UPDATE_JSON: &str = "UPDATE delivery AS d SET status = u.status, \
      completed_at = CASE WHEN u.completed THEN $2 ELSE d.completed_at END \
      FROM json_to_recordset($1::json) AS u(id uuid, status text, attempt_count int4, \
        next_attempt_at timestamptz, last_status_code int4, last_error text, completed bool) \
-     WHERE d.id = u.id AND d.id = ANY(string_to_array($3, ',')::uuid[])";
+     WHERE d.id = u.id AND d.id = ANY(string_to_array($3, ',')::uuid[]) \
+     AND (d.completed_at IS NULL OR u.status = 'SUCCEEDED')";
 
 async fn update_json(
     db: &impl ConnectionTrait,

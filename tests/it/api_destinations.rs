@@ -436,6 +436,62 @@ const UPDATE: &str = "mutation($id: ID!, $input: UpdateDestinationInput!) {
 }";
 const GET: &str = "query($id: ID!) { destination(id: $id) { id name description displayName version updatedBy updatedAt createdAt enabled status } }";
 
+// A destination deleted while one of its attempts is in flight: the attempt is recorded, but
+// its failure does not reopen the delivery the deletion discarded (it would come back to the
+// queue, due for a retry, with `completedAt` still set).
+both!(
+    attempt_in_flight_at_delete_does_not_reopen_the_delivery,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let rx = Receiver::start().await;
+        rx.set(crate::harness::Behavior {
+            status: 500,
+            delay: Duration::from_millis(1500),
+            ..Default::default()
+        });
+        let t = token("acme", "read write publish");
+        let dest = crate::harness::create_destination(
+            &s,
+            &t,
+            json!({"url": rx.url(), "retrySchedule": [5], "maxAttempts": 5}),
+        )
+        .await;
+        publish(&s, &t, "order.created", json!({})).await;
+        let id = only_delivery(&s, &t, &dest, "DELIVERING").await;
+        s.ok(
+            &t,
+            "mutation($id: ID!) { deleteDestination(id: $id) }",
+            json!({"id": dest}),
+        )
+        .await;
+        rx.wait_for(1, Duration::from_secs(10)).await;
+        let q = "query($id: ID!) { delivery(id: $id) { status completedAt lastError nextAttemptAt
+               attempts { outcome responseStatus } } }";
+        let d = eventually(Duration::from_secs(10), "the attempt recorded", || async {
+            let d = s.ok(&t, q, json!({"id": id})).await["delivery"].clone();
+            (d["attempts"].as_array().map(Vec::len) == Some(1)).then_some(d)
+        })
+        .await;
+        assert_eq!(d["attempts"][0]["responseStatus"], 500, "{d}");
+        // The completion flush that recorded the attempt wrote the delivery in the same
+        // transaction: it must still be as the deletion left it (its retry would be due only
+        // in 5 s, when the dispatcher would discard it again), and stay so.
+        assert_eq!(d["status"], "DISCARDED", "{d}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let d = s.ok(&t, q, json!({"id": id})).await["delivery"].clone();
+        assert_eq!(d["status"], "DISCARDED", "{d}");
+        assert_eq!(d["lastError"], "destination deleted", "{d}");
+        assert!(d["completedAt"].is_string(), "{d}");
+        assert!(d["nextAttemptAt"].is_null(), "{d}");
+        assert_eq!(d["attempts"].as_array().unwrap().len(), 1, "{d}");
+        assert_eq!(
+            rx.count(),
+            1,
+            "sent again after its destination was deleted"
+        );
+    }
+);
+
 both!(optimistic_concurrency, |backend| async move {
     let s = Server::start(backend).await;
     let tester = token("acme", "read write");

@@ -363,6 +363,24 @@ async fn two_dispatchers_share_one_postgres() {
     drop(b);
 }
 
+/// Narrows the destination's first event subscription to one event type pattern.
+async fn narrow_first_subscription(s: &Server, tok: &str, dest: &str, types: &str) {
+    let subs = s
+        .ok(
+            tok,
+            "query($id: ID!) { destination(id: $id) { eventSubscriptions { id } } }",
+            json!({"id": dest}),
+        )
+        .await;
+    let sub = subs["destination"]["eventSubscriptions"][0]["id"].clone();
+    s.ok(
+        tok,
+        "mutation($id: ID!, $types: [String!]!) { updateEventSubscription(id: $id, input: {eventTypes: $types}) { id } }",
+        json!({"id": sub, "types": [types]}),
+    )
+    .await;
+}
+
 // PostgreSQL: a publishing instance keeps the rules it read between publishes; a change made
 // through another instance must still apply to its very next publish (the rules epoch that
 // every group's insert checks). Eight concurrent publishes per step reach every one of the
@@ -425,20 +443,7 @@ async fn rule_changes_on_another_instance_apply_to_the_next_publish() {
         json!({"id": d2}),
     )
     .await;
-    let subs = a
-        .ok(
-            &tok,
-            "query($id: ID!) { destination(id: $id) { eventSubscriptions { id } } }",
-            json!({"id": d1}),
-        )
-        .await;
-    let sub = subs["destination"]["eventSubscriptions"][0]["id"].clone();
-    a.ok(
-        &tok,
-        "mutation($id: ID!) { updateEventSubscription(id: $id, input: {eventTypes: [\"user.*\"]}) { id } }",
-        json!({"id": sub}),
-    )
-    .await;
+    narrow_first_subscription(&a, &tok, &d1, "user.*").await;
     let ids = burst(4).await;
     for id in &ids {
         let e = b
@@ -484,20 +489,7 @@ both!(
         b.wait_for(1, Duration::from_secs(10)).await;
 
         // Narrowing a's subscription: the next order event no longer reaches it.
-        let subs = s
-            .ok(
-                &tok,
-                "query($id: ID!) { destination(id: $id) { eventSubscriptions { id } } }",
-                json!({"id": da}),
-            )
-            .await;
-        let sub = subs["destination"]["eventSubscriptions"][0]["id"].clone();
-        s.ok(
-        &tok,
-        "mutation($id: ID!) { updateEventSubscription(id: $id, input: {eventTypes: [\"user.*\"]}) { id } }",
-        json!({"id": sub}),
-    )
-    .await;
+        narrow_first_subscription(&s, &tok, &da, "user.*").await;
         // Disabling b: it gets nothing more either.
         s.ok(
             &tok,
