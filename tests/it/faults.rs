@@ -361,7 +361,8 @@ async fn graceful_shutdown_releases_leases_to_a_peer() {
         .start_peer(|c| c.dispatch.lease = Duration::from_secs(120))
         .await;
     let started = std::time::Instant::now();
-    let _ = a.stop().await;
+    // The stopped server hands back its database, which b still uses: keep it to the end.
+    let db = a.stop().await;
     wait_status(&b, &t, &dest, 30, "SUCCEEDED", Duration::from_secs(40)).await;
     // With 120 s leases, finishing well before that proves the release.
     assert!(
@@ -369,6 +370,8 @@ async fn graceful_shutdown_releases_leases_to_a_peer() {
         "took {:?}",
         started.elapsed()
     );
+    drop(b);
+    drop(db);
 }
 
 /// Signing secrets, passwords and bearer tokens never appear in logs, even at debug level.

@@ -63,16 +63,51 @@ pub fn pg_available() -> Option<()> {
     }
 }
 
-/// A database of the test's own: a SQLite file in a temp dir, or a fresh PostgreSQL database
-/// (dropped when the value is dropped... best effort, names are unique anyway).
+/// A database of the test's own: a SQLite file in a temp dir (removed with the dir), or a
+/// fresh PostgreSQL database, dropped when the value that created it is dropped (a peer's
+/// copy of the URL owns nothing). Left behind, they pile up in the developer's cluster, and
+/// autovacuum visits every one of them.
 pub struct TestDb {
     pub url: String,
     pub dir: tempfile::TempDir,
+    /// PostgreSQL: (admin URL, database name) of a database this value created.
+    pub owned: Option<(String, String)>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin, name)) = self.owned.take() else {
+            return;
+        };
+        // Drop cannot await: a thread with its own runtime does it; FORCE ends the
+        // connections a stopping server may still hold.
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                use sea_orm::ConnectionTrait;
+                let Ok(conn) = sea_orm::Database::connect(&admin).await else {
+                    return;
+                };
+                if let Err(e) = conn
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                {
+                    eprintln!("could not drop test database {name}: {e}");
+                }
+                conn.close().await.ok();
+            })
+        });
+        let _ = done.join();
+    }
 }
 
 impl TestDb {
     pub async fn new(backend: Backend) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut owned = None;
         let url = match backend {
             Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display()),
             Backend::Postgres => {
@@ -86,10 +121,12 @@ impl TestDb {
                     .await
                     .expect("create test database");
                 conn.close().await.ok();
-                replace_db_name(&admin, &name)
+                let url = replace_db_name(&admin, &name);
+                owned = Some((admin, name));
+                url
             }
         };
-        TestDb { url, dir }
+        TestDb { url, dir, owned }
     }
 }
 
@@ -188,13 +225,13 @@ impl Server {
         if let Some(t) = self.task.take() {
             t.await.expect("server task").expect("server result");
         }
-        // Move the database out so a test can restart on it.
-
+        // Move the database out (with its ownership) so a test can restart on it.
         std::mem::replace(
             &mut self.db,
             TestDb {
                 url: String::new(),
                 dir: tempfile::tempdir().expect("tempdir"),
+                owned: None,
             },
         )
     }
@@ -531,6 +568,7 @@ impl Server {
         let db = TestDb {
             url: self.db.url.clone(),
             dir: tempfile::tempdir().expect("tempdir"),
+            owned: None,
         };
         let mut cfg = test_config(&db);
         tweak(&mut cfg);
