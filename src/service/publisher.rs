@@ -46,9 +46,7 @@ pub struct Publisher {
 
 /// Group transactions in flight at once on PostgreSQL: while one waits for its commit, the
 /// next gathers the publishes that arrive meanwhile. SQLite has one writer connection: one.
-/// Eight measured better than four and no better than sixteen under `fanout`'s load
-/// (BENCHMARKS.md, session 4).
-const PG_WRITERS: usize = 8;
+const PG_WRITERS: usize = 4;
 
 impl Publisher {
     /// Starts the writers. `wake` is notified after each commit that queued deliveries for the
