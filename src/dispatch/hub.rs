@@ -29,7 +29,7 @@ use crate::service::now;
 /// Deliveries of one destination, committed and leased to this instance.
 pub struct Handover {
     pub destination: destination::Model,
-    /// The runtime whose counters [`Hub::reserve`] raised.
+    /// The runtime whose counters [`Hub::route`] raised.
     pub runtime: Arc<DestRuntime>,
     pub items: Vec<(Claimed, Option<Arc<event::Model>>)>,
 }

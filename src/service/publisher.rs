@@ -7,15 +7,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use entity::{delivery, destination, event};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, TransactionTrait,
-};
+use entity::{delivery, event};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, TransactionTrait};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::events::{NewEvent, Published};
-use super::subscriptions::{Rule, active_rules};
+use super::subscriptions::Rule;
 use super::{bulk, new_id, now};
 use crate::auth::Principal;
 use crate::db::Db;
@@ -23,6 +21,9 @@ use crate::dispatch::claim::Claimed;
 use crate::dispatch::hub::{Handover, Hub, Route};
 use crate::dispatch::runtime::DestRuntime;
 use crate::error::{AppError, AppResult};
+
+mod rules;
+use rules::{Routes, RulesCache, routes_of};
 
 /// Publishes gathered into one transaction at most.
 const MAX_GROUP: usize = 256;
@@ -190,84 +191,6 @@ async fn existing_by_keys(
         .collect())
 }
 
-/// A tenant's rules and destinations, and the PostgreSQL rules epoch they were read at.
-struct Routes {
-    rules: Vec<Rule>,
-    dests: HashMap<Uuid, Arc<destination::Model>>,
-    epoch: i64,
-}
-
-/// Each tenant's rules, kept between groups and read again only when they may have changed.
-///
-/// Every change made through this instance bumps [`Hub::rules_generation`] once committed.
-/// SQLite serves one instance, so that is all there is. PostgreSQL may be shared: a change
-/// made elsewhere bumps the tenant's `rules_epoch` row (triggers, in the changing
-/// transaction; see migration `m20261124_000003_rules_epoch`), and every group's insert
-/// checks, in the same statement, that the epochs its rules were read at are still current —
-/// if one is not, nothing is written and the group is planned again from fresh rules. So an
-/// event is never routed by rules older than the snapshot of the statement that commits it,
-/// as when the rules were read for every group, without that read.
-#[derive(Default)]
-struct RulesCache {
-    tenants: HashMap<String, (u64, Arc<Routes>)>,
-}
-
-impl RulesCache {
-    /// Tenants kept at most; past that the cache starts over.
-    const TENANTS: usize = 1024;
-}
-
-/// The tenant's rules: from the cache when no rule changed since they were read.
-async fn routes_of(
-    db: &impl ConnectionTrait,
-    hub: &Hub,
-    cache: &mut RulesCache,
-    tenant: &str,
-) -> AppResult<Arc<Routes>> {
-    // Read before the query: a change that commits meanwhile bumps past it, so what the
-    // query returns is never kept under a generation newer than the data it saw. The epoch
-    // likewise: read before the rules, it can only be older than them (the insert's check
-    // then fails once and they are read again), never newer.
-    let generation = hub.rules_generation();
-    if let Some((g, routes)) = cache.tenants.get(tenant)
-        && *g == generation
-    {
-        return Ok(routes.clone());
-    }
-    let epoch = rules_epoch(db, tenant).await?;
-    let (rules, dests) = active_rules(db, tenant).await?;
-    let routes = Arc::new(Routes {
-        rules,
-        dests,
-        epoch,
-    });
-    if cache.tenants.len() >= RulesCache::TENANTS {
-        cache.tenants.clear();
-    }
-    cache
-        .tenants
-        .insert(tenant.to_string(), (generation, routes.clone()));
-    Ok(routes)
-}
-
-/// PostgreSQL: the tenant's rules epoch (0 before its first change). SQLite: always 0.
-async fn rules_epoch(db: &impl ConnectionTrait, tenant: &str) -> AppResult<i64> {
-    if db.get_database_backend() != DbBackend::Postgres {
-        return Ok(0);
-    }
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT COALESCE((SELECT epoch FROM rules_epoch WHERE tenant_id = $1), 0) AS epoch",
-            [tenant.into()],
-        ))
-        .await?;
-    Ok(match row {
-        Some(r) => r.try_get::<i64>("", "epoch")?,
-        None => 0,
-    })
-}
-
 async fn plan_and_write(
     db: &Db,
     hub: &Hub,
@@ -286,7 +209,7 @@ async fn plan_and_write(
                 Ok(false) => {
                     // Rules changed elsewhere since they were read: nothing was written.
                     for tenant in group.routes.keys() {
-                        cache.tenants.remove(*tenant);
+                        cache.forget(tenant);
                     }
                     let _ = finish(hub, group, Err(AppError::Internal("stale rules".into())));
                 }
