@@ -211,7 +211,7 @@ async fn plan_and_write(
                     for tenant in group.routes.keys() {
                         cache.forget(tenant);
                     }
-                    let _ = finish(hub, group, Err(AppError::Internal("stale rules".into())));
+                    group.unreserve(hub);
                 }
                 res => return finish(hub, group, res.map(|_| ())),
             }
@@ -241,13 +241,20 @@ struct Group<'a> {
 /// After the write: hand over what was leased here, or give the reservations back.
 fn finish(hub: &Hub, group: Group<'_>, res: AppResult<()>) -> AppResult<Written> {
     if let Err(e) = res {
-        for rt in group.plans.iter().flat_map(|p| &p.handed).flatten() {
-            hub.unreserve(rt, 1);
-        }
+        group.unreserve(hub);
         return Err(e);
     }
     hand_over(hub, &group.routes, group.plans);
     Ok(group.written)
+}
+
+impl Group<'_> {
+    /// Gives back the room reserved for deliveries that were not written after all.
+    fn unreserve(&self, hub: &Hub) {
+        for rt in self.plans.iter().flat_map(|p| &p.handed).flatten() {
+            hub.unreserve(rt, 1);
+        }
+    }
 }
 
 /// Reads the rules and idempotency keys and plans every job: the events, their deliveries
