@@ -11,6 +11,9 @@
 //! Every run starts a new server on a new database (a SQLite file in a temp dir, or a
 //! PostgreSQL database `bench_<uuid>` that is dropped afterwards). All traffic stays on
 //! 127.0.0.1; every loop is bounded in count and in time.
+//!
+//! Diagnostics: `HOOKLINE_BENCH_KEEP_DB=1` keeps the PostgreSQL databases (to inspect what a
+//! run wrote); `HOOKLINE_BENCH_SAMPLES=DIR` writes every publish of each phase to a CSV.
 
 use std::collections::{HashMap, HashSet};
 use std::net::TcpListener as StdListener;
@@ -601,6 +604,7 @@ impl Server {
             let _ = self.child.wait();
         }
         if let Some((admin, name)) = self.pg.take()
+            && std::env::var_os("HOOKLINE_BENCH_KEEP_DB").is_none()
             && let Err(e) = pg_exec(
                 &admin,
                 &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
@@ -907,6 +911,7 @@ fn phase_rows(
             last = last.max(h.at);
         }
     }
+    dump_samples(prefix, pubs);
     let e2e = sorted(e2e);
     let pub_wall = (last_answer - first_sent).as_secs_f64();
     let e2e_wall = (last - first_sent).as_secs_f64();
@@ -949,6 +954,41 @@ fn phase_rows(
         e2e.last().copied().unwrap_or(f64::NAN),
     );
     Ok(())
+}
+
+/// Diagnostics: with `HOOKLINE_BENCH_SAMPLES=DIR`, every publish of a phase as
+/// `unix time sent (ms),latency (ms)` lines in `DIR/<phase>.csv`, to line slow publishes up
+/// with what the machine and the database did at that moment.
+fn dump_samples(prefix: &str, pubs: &[Pub]) {
+    let Some(dir) = std::env::var_os("HOOKLINE_BENCH_SAMPLES") else {
+        return;
+    };
+    let (now_i, now_s) = (Instant::now(), std::time::SystemTime::now());
+    let unix_ms = |at: Instant| {
+        let t = now_s - now_i.saturating_duration_since(at);
+        t.duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1e3
+    };
+    let mut out = String::new();
+    for p in pubs {
+        out += &format!(
+            "{:.1},{:.3}\n",
+            unix_ms(p.sent),
+            p.latency.as_secs_f64() * 1e3
+        );
+    }
+    let name = prefix.trim_end_matches([':', ' ']).replace(' ', "_");
+    let name = if name.is_empty() {
+        "all"
+    } else {
+        name.as_str()
+    };
+    let path = PathBuf::from(dir).join(format!("{name}.csv"));
+    if let Err(e) = std::fs::write(&path, out) {
+        eprintln!("samples: {}: {e}", path.display());
+    }
 }
 
 const LIVE_FLAT: &str =
