@@ -7,7 +7,8 @@
 //!     [--dead 500|refuse] [--timeout S] [--pg-url URL]
 //! ```
 //!
-//! Scenarios: `single`, `fanout`, `steady`, `backlog`, `fanout-1000`, `live` (default: all of them).
+//! Scenarios: `single`, `fanout`, `steady`, `backlog`, `fanout-1000`, `live` (default: all of them);
+//! `ceilings` (only when named) measures the machine instead of Hookline.
 //! Every run starts a new server on a new database (a SQLite file in a temp dir, or a
 //! PostgreSQL database `bench_<uuid>` that is dropped afterwards). All traffic stays on
 //! 127.0.0.1; every loop is bounded in count and in time.
@@ -29,6 +30,9 @@ use axum::http::{HeaderMap, StatusCode};
 use hookline::auth::{JwtKeys, Scopes};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+#[path = "load/ceilings.rs"]
+mod ceilings;
 
 type Res<T> = Result<T, String>;
 
@@ -58,6 +62,8 @@ enum Scenario {
     Backlog,
     Fanout1000,
     Live,
+    /// Not Hookline: the machine's ceilings (see `load/ceilings.rs`). Only when named.
+    Ceilings,
 }
 
 const ALL: [Scenario; 6] = [
@@ -78,13 +84,15 @@ impl Scenario {
             Scenario::Backlog => "backlog",
             Scenario::Fanout1000 => "fanout-1000",
             Scenario::Live => "live",
+            Scenario::Ceilings => "ceilings",
         }
     }
 
     fn parse(s: &str) -> Res<Self> {
         ALL.into_iter()
+            .chain([Scenario::Ceilings])
             .find(|x| x.name() == s)
-            .ok_or_else(|| format!("unknown scenario {s:?}; expected one of single, fanout, steady, backlog, fanout-1000, live"))
+            .ok_or_else(|| format!("unknown scenario {s:?}; expected one of single, fanout, steady, backlog, fanout-1000, live, ceilings"))
     }
 }
 
@@ -118,7 +126,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--database sqlite|postgres|both] \
-[--scenario single|fanout|steady|backlog|fanout-1000|live[,..]] [--events N] [--concurrency C] \
+[--scenario single|fanout|steady|backlog|fanout-1000|live|ceilings[,..]] [--events N] [--concurrency C] \
 [--runs R] [--rate EVENTS_PER_SEC] [--duration SECS] [--destinations N] [--dead 500|refuse|control] \
 [--settle SECS] [--timeout SECS] [--pg-url URL]";
 
@@ -470,6 +478,12 @@ fn free_port() -> Res<u16> {
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
+/// The URL of database `name` on the cluster of `admin` (a URL ending in a database name).
+fn db_url(admin: &str, name: &str) -> String {
+    let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
+    format!("{base}/{name}")
+}
+
 async fn pg_exec(admin: &str, sql: &str) -> Res<()> {
     use sea_orm::ConnectionTrait;
     let mut opts = sea_orm::ConnectOptions::new(admin.to_string());
@@ -503,12 +517,10 @@ impl Server {
             DbKind::Postgres => {
                 let name = format!("bench_{}", Uuid::new_v4().simple());
                 pg_exec(&args.pg_url, &format!("CREATE DATABASE {name}")).await?;
-                let base = args
-                    .pg_url
-                    .rsplit_once('/')
-                    .map(|(b, _)| b.to_string())
-                    .unwrap_or_else(|| args.pg_url.clone());
-                (format!("{base}/{name}"), Some((args.pg_url.clone(), name)))
+                (
+                    db_url(&args.pg_url, &name),
+                    Some((args.pg_url.clone(), name)),
+                )
             }
         };
         let port = free_port()?;
@@ -1156,6 +1168,9 @@ fn n_or(args: &Args, default: usize) -> usize {
 }
 
 async fn run_once(sc: Scenario, kind: DbKind, args: &Args) -> Res<Run> {
+    if sc == Scenario::Ceilings {
+        return ceilings::run(kind, args).await;
+    }
     let mut server = Server::start(kind, args).await?;
     let r = run_on(sc, &server, args).await;
     let r = r.map_err(|e| format!("{e}\n--- server log (tail) ---\n{}", server.log_tail()));
@@ -1268,6 +1283,7 @@ async fn run_on(sc: Scenario, server: &Server, args: &Args) -> Res<Run> {
             );
             cpu.finish(server, &mut run).await;
         }
+        Scenario::Ceilings => return Err("`ceilings` runs without a server".into()),
         Scenario::Live => {
             // `single`'s load, watched by two `deliveryAttempts` subscribers: one asking for
             // the attempt's own fields, one also for its delivery, event and destination.
@@ -1396,6 +1412,10 @@ fn describe(sc: Scenario, args: &Args) -> String {
         Scenario::Fanout1000 => format!(
             "one event to {} destinations",
             args.destinations.unwrap_or(1000)
+        ),
+        Scenario::Ceilings => format!(
+            "the machine's ceilings, no Hookline code, {} s each",
+            args.duration.unwrap_or(5.0)
         ),
     }
 }
