@@ -97,6 +97,25 @@ fn ids(n: usize) -> (Vec<Uuid>, Vec<Uuid>, Vec<Uuid>) {
     (g(), g(), g())
 }
 
+/// `insert` (which names the columns `a`, `b` and the time `$3`) over the pairs of `a` and `b`.
+async fn insert_pairs(
+    tx: &mut sqlx::PgConnection,
+    insert: &'static str,
+    a: &[Uuid],
+    b: &[Uuid],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Res<()> {
+    let sql = format!("{insert} FROM unnest($1::uuid[], $2::uuid[]) AS x(a, b)");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(a)
+        .bind(b)
+        .bind(now)
+        .execute(tx)
+        .await
+        .map_err(|e| format!("PostgreSQL ceiling: {e}"))?;
+    Ok(())
+}
+
 async fn pg_events(pool: &sqlx::PgPool, n: usize) -> Res<u64> {
     let tenant = Uuid::nil();
     let now = chrono::Utc::now();
@@ -114,26 +133,24 @@ async fn pg_events(pool: &sqlx::PgPool, n: usize) -> Res<u64> {
     .execute(&mut *tx)
     .await
     .map_err(e)?;
-    sqlx::query(
-        "INSERT INTO delivery SELECT d, e, 'PENDING', 0, $3, NULL FROM unnest($1::uuid[], $2::uuid[]) AS x(d, e)",
+    insert_pairs(
+        &mut tx,
+        "INSERT INTO delivery SELECT a, b, 'PENDING', 0, $3, NULL",
+        &dl,
+        &ev,
+        now,
     )
-    .bind(&dl)
-    .bind(&ev)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(e)?;
+    .await?;
     tx.commit().await.map_err(e)?;
     let mut tx = pool.begin().await.map_err(e)?;
-    sqlx::query(
-        "INSERT INTO attempt SELECT a, d, 204, 1, $3 FROM unnest($1::uuid[], $2::uuid[]) AS x(a, d)",
+    insert_pairs(
+        &mut tx,
+        "INSERT INTO attempt SELECT a, b, 204, 1, $3",
+        &at,
+        &dl,
+        now,
     )
-    .bind(&at)
-    .bind(&dl)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(e)?;
+    .await?;
     sqlx::query(
         "UPDATE delivery SET status = 'SUCCEEDED', attempt_count = 1, completed_at = $2 WHERE id = ANY($1::uuid[])",
     )
