@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::postgres::PgSslMode;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 
@@ -55,11 +56,19 @@ pub async fn connect(cfg: &Config) -> Result<Db, DbErr> {
             .ok()
             .and_then(|u| u.port())
             .unwrap_or(5432);
+        let plain = loopback_without_sslmode(&cfg.database_url);
         opts.max_connections(24)
             .min_connections(2)
             .connect_timeout(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(10))
             .sqlx_logging(false)
+            .map_sqlx_postgres_opts(move |o| {
+                if plain {
+                    o.ssl_mode(PgSslMode::Disable)
+                } else {
+                    o
+                }
+            })
             .map_sqlx_postgres_pool_opts(move |p| {
                 p.after_connect(move |_, _| {
                     Box::pin(async move {
@@ -185,8 +194,49 @@ mod nodelay {
     pub fn to_port(_port: u16) {}
 }
 
+/// A PostgreSQL URL whose host is this machine (`localhost`, 127.0.0.0/8, `::1`) and that
+/// names no `sslmode`. Such connections go without TLS: the traffic never leaves the machine,
+/// and the default (`prefer`) would encrypt every batch in both processes for nothing — most
+/// distributions' PostgreSQL packages turn `ssl` on. An explicit `sslmode` is always obeyed.
+fn loopback_without_sslmode(database_url: &str) -> bool {
+    let Ok(u) = url::Url::parse(database_url) else {
+        return false;
+    };
+    let loopback = match u.host() {
+        // `postgres:` is not a special scheme to `url`: an IPv4 host arrives as a domain.
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost")
+                || d.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    loopback
+        && !u
+            .query_pairs()
+            .any(|(k, _)| k.eq_ignore_ascii_case("sslmode") || k.eq_ignore_ascii_case("ssl-mode"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn loopback_urls_without_sslmode_skip_tls() {
+        use super::loopback_without_sslmode as plain;
+        assert!(plain("postgres://postgres@127.0.0.1:5432/hookline"));
+        assert!(plain("postgres://u:p@localhost/hookline"));
+        assert!(plain(
+            "postgresql://u@[::1]:5433/hookline?application_name=x"
+        ));
+        assert!(plain("postgres://u@127.0.0.2/hookline"));
+        assert!(!plain("postgres://u@127.0.0.1/hookline?sslmode=require"));
+        assert!(!plain("postgres://u@localhost/hookline?sslmode=prefer"));
+        assert!(!plain("postgres://u@db.internal/hookline"));
+        assert!(!plain("postgres://u@10.0.0.5/hookline"));
+        assert!(!plain("not a url"));
+    }
+
     #[test]
     fn sqlite_path() {
         assert_eq!(

@@ -158,3 +158,68 @@ async fn encryption_key_rotation_reseals_and_keeps_signing() {
         Some("Bearer bearer-under-rotation")
     );
 }
+
+/// Whether the connection `conn` runs over TLS, as PostgreSQL sees it.
+async fn on_tls(conn: &sea_orm::DatabaseConnection) -> bool {
+    use sea_orm::ConnectionTrait;
+    let row = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ))
+        .await
+        .unwrap()
+        .expect("pg_stat_ssl has a row for every backend");
+    row.try_get("", "ssl").unwrap()
+}
+
+/// A PostgreSQL on this machine, named by a URL without `sslmode`, is reached without TLS
+/// (the default `prefer` would encrypt every batch for nothing); an explicit `sslmode` is
+/// obeyed.
+#[tokio::test]
+async fn loopback_postgres_goes_without_tls_unless_the_url_asks() {
+    if pg_available().is_none() {
+        return;
+    }
+    let db = TestDb::new(Backend::Postgres).await;
+    let host_is_local = ["@127.0.0.1", "@localhost", "@[::1]"]
+        .iter()
+        .any(|h| db.url.contains(h));
+    assert!(
+        host_is_local,
+        "HOOKLINE_TEST_PG_URL must name this machine: {}",
+        db.url
+    );
+    assert!(
+        !db.url.contains("sslmode"),
+        "the test needs a URL without sslmode"
+    );
+
+    let mut cfg = test_config(&db);
+    let plain = hookline::db::connect(&cfg).await.unwrap();
+    assert!(
+        !on_tls(&plain.write).await,
+        "a loopback URL without sslmode used TLS"
+    );
+
+    // The server's own setting decides what `prefer` gets; this machine's PostgreSQL (Debian's
+    // package) has `ssl = on`, so there the explicit `prefer` must come back with TLS.
+    use sea_orm::ConnectionTrait;
+    let server_ssl = plain
+        .write
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT current_setting('ssl') = 'on' AS on",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<bool>("", "on")
+        .unwrap();
+    let sep = if db.url.contains('?') { '&' } else { '?' };
+    cfg.database_url = format!("{}{sep}sslmode=prefer", db.url);
+    let asked = hookline::db::connect(&cfg).await.unwrap();
+    assert_eq!(on_tls(&asked.write).await, server_ssl);
+    plain.write.close_by_ref().await.ok();
+    asked.write.close_by_ref().await.ok();
+}
