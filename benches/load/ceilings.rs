@@ -91,6 +91,17 @@ CREATE TABLE delivery (id uuid PRIMARY KEY, event_id uuid NOT NULL, status text 
 CREATE TABLE attempt (id uuid PRIMARY KEY, delivery_id uuid NOT NULL, status int NOT NULL,
     duration_ms int NOT NULL, started_at timestamptz NOT NULL);";
 
+/// A ceiling counts only work done: every delivery of the batch must have been updated.
+fn all_updated(rows: u64, n: usize) -> Res<()> {
+    if rows == n as u64 {
+        Ok(())
+    } else {
+        Err(format!(
+            "ceiling: the update reached {rows} of {n} deliveries"
+        ))
+    }
+}
+
 /// Rows for `n` events: (event ids, delivery ids, attempt ids).
 fn ids(n: usize) -> (Vec<Uuid>, Vec<Uuid>, Vec<Uuid>) {
     let g = || (0..n).map(|_| Uuid::now_v7()).collect::<Vec<_>>();
@@ -151,7 +162,7 @@ async fn pg_events(pool: &sqlx::PgPool, n: usize) -> Res<u64> {
         now,
     )
     .await?;
-    sqlx::query(
+    let updated = sqlx::query(
         "UPDATE delivery SET status = 'SUCCEEDED', attempt_count = 1, completed_at = $2 WHERE id = ANY($1::uuid[])",
     )
     .bind(&dl)
@@ -159,6 +170,7 @@ async fn pg_events(pool: &sqlx::PgPool, n: usize) -> Res<u64> {
     .execute(&mut *tx)
     .await
     .map_err(e)?;
+    all_updated(updated.rows_affected(), n)?;
     tx.commit().await.map_err(e)?;
     Ok(n as u64)
 }
@@ -249,7 +261,8 @@ async fn sqlite_events(conn: &mut sqlx::SqliteConnection, n: usize) -> Res<u64> 
     for d in &dl {
         q = q.bind(*d);
     }
-    q.execute(&mut *tx).await.map_err(e)?;
+    let updated = q.execute(&mut *tx).await.map_err(e)?;
+    all_updated(updated.rows_affected(), n)?;
     tx.commit().await.map_err(e)?;
     Ok(n as u64)
 }
