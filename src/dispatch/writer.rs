@@ -291,6 +291,18 @@ impl Flush {
         instance_id: &str,
         statuses: &[StatusChange],
     ) -> Result<(), DbErr> {
+        let ids: Vec<Uuid> = self.finished.iter().map(|f| f.attempt.id).collect();
+        if db.get_database_backend() == DbBackend::Postgres {
+            let rows = super::store::FlushRows {
+                attempts: self.finished.iter().map(|f| &f.attempt).collect(),
+                deliveries: &self.deliveries,
+                health: &self.health,
+                rollups: &self.rollups,
+                at: self.at,
+                announcements: crate::live::pg::messages(instance_id, &ids, statuses)?,
+            };
+            return super::store::write_flush_pg(db.get_postgres_connection_pool(), rows).await;
+        }
         let txn = db.begin().await?;
         let attempts = self.finished.iter().map(|f| f.attempt.clone()).collect();
         bulk::insert::<_, delivery_attempt::ActiveModel>(&txn, attempts)
@@ -299,8 +311,6 @@ impl Flush {
         super::store::write_deliveries(&txn, &self.deliveries, self.at).await?;
         super::store::write_health_all(&txn, &self.health).await?;
         super::rollup::upsert(&txn, &self.rollups).await?;
-        let ids: Vec<Uuid> = self.finished.iter().map(|f| f.attempt.id).collect();
-        crate::live::pg::announce(&txn, instance_id, &ids, statuses).await?;
         txn.commit().await
     }
 }
