@@ -139,6 +139,13 @@ const GATHER: Duration = Duration::from_millis(5);
 /// On SQLite a flush occupies the one writer connection that publishes wait for: fewer,
 /// larger flushes leave it free more of the time.
 const GATHER_SQLITE: Duration = Duration::from_millis(2);
+/// After a flush of at least `BUSY` messages the next one gathers for `GATHER_BUSY`. A flush
+/// also rewrites the health and rollup rows of every destination it touches — a cost per
+/// flush, not per attempt: 50 of each in `fanout` — so under load fewer, larger flushes leave
+/// the database more time for the attempts themselves (BENCHMARKS.md, session 6). A quiet
+/// writer, and an ordered destination waiting for its head's completion, keep the short wait.
+const BUSY: usize = 200;
+const GATHER_BUSY: Duration = Duration::from_millis(20);
 
 async fn run(
     db: DatabaseConnection,
@@ -154,13 +161,14 @@ async fn run(
     // would hold one or two attempts. Gathering for a few milliseconds makes those commits
     // rarer, so the publishers' commits wait less behind them (`backlog` benchmark). SQLite
     // in WAL mode does not sync on commit.
-    let gather = if db.get_database_backend() == DbBackend::Postgres {
+    let quiet = if db.get_database_backend() == DbBackend::Postgres {
         GATHER
     } else {
         GATHER_SQLITE
     };
+    let mut gather = quiet;
     while closing.is_none() && rx.recv_many(&mut batch, MAX_FLUSH).await > 0 {
-        if !gather.is_zero() && batch.len() < MAX_FLUSH {
+        if batch.len() < MAX_FLUSH {
             tokio::time::sleep(gather).await;
             while batch.len() < MAX_FLUSH {
                 match rx.try_recv() {
@@ -169,6 +177,7 @@ async fn run(
                 }
             }
         }
+        gather = if batch.len() >= BUSY { GATHER_BUSY } else { quiet };
         let msgs = std::mem::take(&mut batch);
         let mut acks = Vec::new();
         let flush = Flush::from(msgs, &mut book, &mut acks, &mut closing);
