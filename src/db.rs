@@ -116,12 +116,6 @@ pub async fn connect(cfg: &Config) -> Result<Db, DbErr> {
     Ok(Db { read, write })
 }
 
-/// A sqlx error from a statement Hookline runs through sqlx itself (binary arrays, which
-/// SeaORM cannot bind with NULL elements), as SeaORM reports the errors of its own.
-pub fn sqlx_err(e: sea_orm::sqlx::Error) -> DbErr {
-    DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e)))
-}
-
 pub async fn migrate(db: &Db) -> Result<(), DbErr> {
     Migrator::up(&db.write, None).await
 }

@@ -155,38 +155,22 @@ pub mod pg {
         notify(db, WAKE, "").await
     }
 
-    /// Announces status changes (and attempts) to the other instances when the surrounding
-    /// transaction commits.
+    /// Inside the completion transaction: announce attempts and status changes on commit.
     pub async fn announce(
         db: &impl ConnectionTrait,
         instance: &str,
         attempts: &[Uuid],
         statuses: &[StatusChange],
     ) -> Result<(), DbErr> {
-        if db.get_database_backend() != DbBackend::Postgres {
+        if db.get_database_backend() != DbBackend::Postgres
+            || (attempts.is_empty() && statuses.is_empty())
+        {
             return Ok(());
-        }
-        for text in messages(instance, attempts, statuses)? {
-            notify(db, LIVE, &text).await?;
-        }
-        Ok(())
-    }
-
-    /// The payloads that announce `attempts` and `statuses` on [`LIVE`]: none when there is
-    /// nothing to say, else as many as the attempt ids need (the statuses go in the first).
-    pub fn messages(
-        instance: &str,
-        attempts: &[Uuid],
-        statuses: &[StatusChange],
-    ) -> Result<Vec<String>, DbErr> {
-        if attempts.is_empty() && statuses.is_empty() {
-            return Ok(Vec::new());
         }
         let mut chunks: Vec<&[Uuid]> = attempts.chunks(IDS_PER_NOTIFY).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
         }
-        let mut out = Vec::with_capacity(chunks.len());
         for (i, ids) in chunks.into_iter().enumerate() {
             let msg = Message {
                 o: instance.to_string(),
@@ -206,9 +190,10 @@ pub mod pg {
                     vec![]
                 },
             };
-            out.push(serde_json::to_string(&msg).map_err(|e| DbErr::Custom(e.to_string()))?);
+            let text = serde_json::to_string(&msg).map_err(|e| DbErr::Custom(e.to_string()))?;
+            notify(db, LIVE, &text).await?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Listens for the other instances until shutdown, reconnecting when the connection

@@ -146,13 +146,31 @@ impl RollupBook {
     }
 }
 
-/// SQLite: stores the rollup rows of a flush (PostgreSQL writes them in the completion flush's
-/// one statement, `store::write_flush_pg`).
+const UPSERT_JSON: &str = "INSERT INTO attempt_rollup \
+     SELECT * FROM json_populate_recordset(NULL::attempt_rollup, $1::json) \
+     ON CONFLICT (destination_id, bucket_start, instance_id) DO UPDATE SET \
+     attempts = EXCLUDED.attempts, successes = EXCLUDED.successes, \
+     failures = EXCLUDED.failures, duration_sum_ms = EXCLUDED.duration_sum_ms, \
+     latency_hist = EXCLUDED.latency_hist";
+
 pub async fn upsert(
     db: &impl ConnectionTrait,
     rows: &[attempt_rollup::Model],
 ) -> Result<(), DbErr> {
     use attempt_rollup::Column as C;
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        // One statement text whatever the row count (see `service::bulk`).
+        for chunk in rows.chunks(5000) {
+            let json = serde_json::to_string(chunk).map_err(|e| DbErr::Custom(e.to_string()))?;
+            db.execute_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                UPSERT_JSON,
+                [json.into()],
+            ))
+            .await?;
+        }
+        return Ok(());
+    }
     for chunk in rows.chunks(300) {
         let models: Vec<attempt_rollup::ActiveModel> =
             chunk.iter().cloned().map(Into::into).collect();

@@ -139,13 +139,6 @@ const GATHER: Duration = Duration::from_millis(5);
 /// On SQLite a flush occupies the one writer connection that publishes wait for: fewer,
 /// larger flushes leave it free more of the time.
 const GATHER_SQLITE: Duration = Duration::from_millis(2);
-/// After a flush of at least `BUSY` messages the next one gathers for `GATHER_BUSY`. A flush
-/// also rewrites the health and rollup rows of every destination it touches — a cost per
-/// flush, not per attempt: 50 of each in `fanout` — so under load fewer, larger flushes leave
-/// the database more time for the attempts themselves (BENCHMARKS.md, session 6). A quiet
-/// writer, and an ordered destination waiting for its head's completion, keep the short wait.
-const BUSY: usize = 200;
-const GATHER_BUSY: Duration = Duration::from_millis(20);
 
 async fn run(
     db: DatabaseConnection,
@@ -161,14 +154,13 @@ async fn run(
     // would hold one or two attempts. Gathering for a few milliseconds makes those commits
     // rarer, so the publishers' commits wait less behind them (`backlog` benchmark). SQLite
     // in WAL mode does not sync on commit.
-    let quiet = if db.get_database_backend() == DbBackend::Postgres {
+    let gather = if db.get_database_backend() == DbBackend::Postgres {
         GATHER
     } else {
         GATHER_SQLITE
     };
-    let mut gather = quiet;
     while closing.is_none() && rx.recv_many(&mut batch, MAX_FLUSH).await > 0 {
-        if batch.len() < MAX_FLUSH {
+        if !gather.is_zero() && batch.len() < MAX_FLUSH {
             tokio::time::sleep(gather).await;
             while batch.len() < MAX_FLUSH {
                 match rx.try_recv() {
@@ -177,7 +169,6 @@ async fn run(
                 }
             }
         }
-        gather = if batch.len() >= BUSY { GATHER_BUSY } else { quiet };
         let msgs = std::mem::take(&mut batch);
         let mut acks = Vec::new();
         let flush = Flush::from(msgs, &mut book, &mut acks, &mut closing);
@@ -300,18 +291,6 @@ impl Flush {
         instance_id: &str,
         statuses: &[StatusChange],
     ) -> Result<(), DbErr> {
-        let ids: Vec<Uuid> = self.finished.iter().map(|f| f.attempt.id).collect();
-        if db.get_database_backend() == DbBackend::Postgres {
-            let rows = super::store::FlushRows {
-                attempts: self.finished.iter().map(|f| &f.attempt).collect(),
-                deliveries: &self.deliveries,
-                health: &self.health,
-                rollups: &self.rollups,
-                at: self.at,
-                announcements: crate::live::pg::messages(instance_id, &ids, statuses)?,
-            };
-            return super::store::write_flush_pg(db.get_postgres_connection_pool(), rows).await;
-        }
         let txn = db.begin().await?;
         let attempts = self.finished.iter().map(|f| f.attempt.clone()).collect();
         bulk::insert::<_, delivery_attempt::ActiveModel>(&txn, attempts)
@@ -320,6 +299,8 @@ impl Flush {
         super::store::write_deliveries(&txn, &self.deliveries, self.at).await?;
         super::store::write_health_all(&txn, &self.health).await?;
         super::rollup::upsert(&txn, &self.rollups).await?;
+        let ids: Vec<Uuid> = self.finished.iter().map(|f| f.attempt.id).collect();
+        crate::live::pg::announce(&txn, instance_id, &ids, statuses).await?;
         txn.commit().await
     }
 }

@@ -1,6 +1,6 @@
-//! Bulk inserts with statement text that does not depend on the number of rows: SQLite's
-//! publisher and completion writer, and the test event. PostgreSQL's publisher and completion
-//! writer send binary arrays instead (`service::publisher`, `dispatch::store`).
+//! Bulk writes on the hot paths (the completion writer; SQLite's publisher too — PostgreSQL's
+//! publisher sends binary arrays, see `service::publisher`), with statement text that does not
+//! depend on the number of rows.
 //!
 //! PostgreSQL gets the rows as one JSON document: `INSERT INTO t SELECT * FROM
 //! json_populate_recordset(NULL::t, $1)`. One bind value instead of up to 8 500, and one

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use entity::{delivery, event};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, TransactionTrait};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -501,7 +501,7 @@ async fn insert_plans_pg(
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 AppError::Unavailable("database unreachable".into())
             }
-            e => crate::db::sqlx_err(e).into(),
+            e => DbErr::Query(sea_orm::RuntimeErr::SqlxError(Arc::new(e))).into(),
         })?;
     use sqlx::Row;
     row.try_get::<bool, _>("ok")
@@ -509,7 +509,7 @@ async fn insert_plans_pg(
 }
 
 /// One column of `rows`, for binding as a PostgreSQL array.
-pub(crate) fn column<'a, T, U>(rows: &[&'a T], f: impl Fn(&'a T) -> U) -> Vec<U> {
+fn column<'a, T, U>(rows: &[&'a T], f: impl Fn(&'a T) -> U) -> Vec<U> {
     rows.iter().map(|r| f(r)).collect()
 }
 

@@ -356,9 +356,9 @@ both!(
 // The completion writer, driven directly on the server's database after it stopped: updates
 // of one delivery arriving together (its lease lapsed and it was claimed again) apply in
 // order, a finished delivery is not reopened by a later release, and the flush that carries
-// them also applies the updates of other deliveries. On PostgreSQL such a flush takes a
-// transaction around its one statement; the writer retries a failed flush forever, so a
-// broken statement shows here as a barrier that never answers.
+// them also applies the updates of other deliveries. One statement cannot update a row twice,
+// so the store gives repeated updates a statement each; the writer retries a failed flush
+// forever, so a broken statement shows here as a barrier that never answers.
 both!(one_flush_updating_a_delivery_twice_applies_in_order, |backend| async move {
     use std::sync::Arc;
 
@@ -391,7 +391,9 @@ both!(one_flush_updating_a_delivery_twice_applies_in_order, |backend| async move
         Arc::from("writer-test"),
         Arc::new(Hub::new(100, Duration::from_secs(30), Arc::from("writer-test"))),
     );
+    // Whole microseconds, which both databases store exactly.
     let later = chrono::Utc::now() + chrono::TimeDelta::hours(2);
+    let later = chrono::DateTime::from_timestamp_micros(later.timestamp_micros()).unwrap();
     let release = |id| DeliveryUpdate {
         id,
         status: "AWAITING_RETRY",
