@@ -359,89 +359,105 @@ both!(
 // them also applies the updates of other deliveries. One statement cannot update a row twice,
 // so the store gives repeated updates a statement each; the writer retries a failed flush
 // forever, so a broken statement shows here as a barrier that never answers.
-both!(one_flush_updating_a_delivery_twice_applies_in_order, |backend| async move {
-    use std::sync::Arc;
+both!(
+    one_flush_updating_a_delivery_twice_applies_in_order,
+    |backend| async move {
+        use std::sync::Arc;
 
-    use hookline::dispatch::{hub::Hub, writer::{DeliveryUpdate, Writer, WriterMsg}};
-    use sea_orm::EntityTrait;
+        use hookline::dispatch::{
+            hub::Hub,
+            writer::{DeliveryUpdate, Writer, WriterMsg},
+        };
+        use sea_orm::EntityTrait;
 
-    let s = Server::start(backend).await;
-    let tok = s.token("acme", "admin");
-    let rx = Receiver::start().await;
-    rx.status(500);
-    let dest = create_destination(
-        &s,
-        &tok,
-        json!({"url": rx.url(), "retrySchedule": [3600], "maxAttempts": 5}),
-    )
-    .await;
-    for i in 0..3 {
-        publish(&s, &tok, "job.done", json!({"i": i})).await;
-    }
-    let ds = wait_status(&s, &tok, &dest, 3, "AWAITING_RETRY", T).await;
-    let ids: Vec<uuid::Uuid> = ds
-        .iter()
-        .map(|d| d["id"].as_str().unwrap().parse().unwrap())
-        .collect();
-    let db = s.stop().await;
-    let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
-    let writer = Writer::start(
-        conn.write.clone(),
-        hookline::live::LiveBus::new(16),
-        Arc::from("writer-test"),
-        Arc::new(Hub::new(100, Duration::from_secs(30), Arc::from("writer-test"))),
-    );
-    // Whole microseconds, which both databases store exactly.
-    let later = chrono::Utc::now() + chrono::TimeDelta::hours(2);
-    let later = chrono::DateTime::from_timestamp_micros(later.timestamp_micros()).unwrap();
-    let release = |id| DeliveryUpdate {
-        id,
-        status: "AWAITING_RETRY",
-        attempt_count: None,
-        next_attempt_at: Some(later),
-        last_status_code: None,
-        last_error: None,
-        completed: false,
-    };
-    let fail = |id| DeliveryUpdate {
-        id,
-        status: "FAILED",
-        attempt_count: Some(4),
-        next_attempt_at: None,
-        last_status_code: Some(503),
-        last_error: Some("gave up".into()),
-        completed: true,
-    };
-    // ids[0]: released, then failed: failed. ids[1]: failed, then released: stays failed.
-    // ids[2]: one update only.
-    for u in [release(ids[0]), fail(ids[0]), fail(ids[1]), release(ids[1]), release(ids[2])] {
-        writer.send(WriterMsg::Delivery(u));
-    }
-    let flushed = tokio::time::timeout(T, writer.barrier()).await;
-    assert!(matches!(flushed, Ok(true)), "the flush never committed");
-    for (i, (status, done, attempts, code)) in [
-        ("FAILED", true, 4, Some(503)),
-        ("FAILED", true, 4, Some(503)),
-        ("AWAITING_RETRY", false, 1, Some(500)),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let row = entity::delivery::Entity::find_by_id(ids[i])
-            .one(&conn.read)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(row.status, status, "delivery {i}: {row:?}");
-        assert_eq!(row.completed_at.is_some(), done, "delivery {i}: {row:?}");
-        assert_eq!(row.attempt_count, attempts, "delivery {i}: {row:?}");
-        assert_eq!(row.last_status_code, code, "delivery {i}: {row:?}");
-        let due = (!done).then_some(later.timestamp_micros());
-        assert_eq!(
-            row.next_attempt_at.map(|t| t.timestamp_micros()),
-            due,
-            "delivery {i}: {row:?}"
+        let s = Server::start(backend).await;
+        let tok = s.token("acme", "admin");
+        let rx = Receiver::start().await;
+        rx.status(500);
+        let dest = create_destination(
+            &s,
+            &tok,
+            json!({"url": rx.url(), "retrySchedule": [3600], "maxAttempts": 5}),
+        )
+        .await;
+        for i in 0..3 {
+            publish(&s, &tok, "job.done", json!({"i": i})).await;
+        }
+        let ds = wait_status(&s, &tok, &dest, 3, "AWAITING_RETRY", T).await;
+        let ids: Vec<uuid::Uuid> = ds
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().parse().unwrap())
+            .collect();
+        let db = s.stop().await;
+        let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
+        let writer = Writer::start(
+            conn.write.clone(),
+            hookline::live::LiveBus::new(16),
+            Arc::from("writer-test"),
+            Arc::new(Hub::new(
+                100,
+                Duration::from_secs(30),
+                Arc::from("writer-test"),
+            )),
         );
+        // Whole microseconds, which both databases store exactly.
+        let later = chrono::Utc::now() + chrono::TimeDelta::hours(2);
+        let later = chrono::DateTime::from_timestamp_micros(later.timestamp_micros()).unwrap();
+        let release = |id| DeliveryUpdate {
+            id,
+            status: "AWAITING_RETRY",
+            attempt_count: None,
+            next_attempt_at: Some(later),
+            last_status_code: None,
+            last_error: None,
+            completed: false,
+        };
+        let fail = |id| DeliveryUpdate {
+            id,
+            status: "FAILED",
+            attempt_count: Some(4),
+            next_attempt_at: None,
+            last_status_code: Some(503),
+            last_error: Some("gave up".into()),
+            completed: true,
+        };
+        // ids[0]: released, then failed: failed. ids[1]: failed, then released: stays failed.
+        // ids[2]: one update only.
+        for u in [
+            release(ids[0]),
+            fail(ids[0]),
+            fail(ids[1]),
+            release(ids[1]),
+            release(ids[2]),
+        ] {
+            writer.send(WriterMsg::Delivery(u));
+        }
+        let flushed = tokio::time::timeout(T, writer.barrier()).await;
+        assert!(matches!(flushed, Ok(true)), "the flush never committed");
+        for (i, (status, done, attempts, code)) in [
+            ("FAILED", true, 4, Some(503)),
+            ("FAILED", true, 4, Some(503)),
+            ("AWAITING_RETRY", false, 1, Some(500)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let row = entity::delivery::Entity::find_by_id(ids[i])
+                .one(&conn.read)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(row.status, status, "delivery {i}: {row:?}");
+            assert_eq!(row.completed_at.is_some(), done, "delivery {i}: {row:?}");
+            assert_eq!(row.attempt_count, attempts, "delivery {i}: {row:?}");
+            assert_eq!(row.last_status_code, code, "delivery {i}: {row:?}");
+            let due = (!done).then_some(later.timestamp_micros());
+            assert_eq!(
+                row.next_attempt_at.map(|t| t.timestamp_micros()),
+                due,
+                "delivery {i}: {row:?}"
+            );
+        }
+        writer.close().await;
     }
-    writer.close().await;
-});
+);
