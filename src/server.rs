@@ -178,7 +178,21 @@ fn router(http: Http) -> Router {
         // The GraphQL extractor streams the body itself, past DefaultBodyLimit: this layer
         // answers 413 to any request larger than the limit.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
+        .layer(axum::middleware::map_response(close_when_too_large))
         .with_state(http)
+}
+
+/// A 413 is answered before the body is read, so the connection cannot carry another request:
+/// `Connection: close` says so. Without it a pooled client may send its next request on the
+/// connection the server is closing and see it cut off (`IncompleteMessage`).
+async fn close_when_too_large(mut res: Response) -> Response {
+    if res.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        res.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    res
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {

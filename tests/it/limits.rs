@@ -97,6 +97,14 @@ async fn http_body_depth_page_and_batch_limits() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 413);
+    // The unread body leaves the connection unusable: the server says so, and the client's
+    // next request (below) goes on a fresh connection instead of one being closed.
+    assert_eq!(
+        r.headers().get("connection").and_then(|v| v.to_str().ok()),
+        Some("close"),
+        "{:?}",
+        r.headers()
+    );
     // Payload over its own limit: BAD_USER_INPUT naming the field.
     let (code, e) = s
         .err_code(
