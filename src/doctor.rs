@@ -95,7 +95,8 @@ async fn queue_checks(db: &Db) -> Vec<Check> {
     let sql = "SELECT \
         (SELECT COUNT(*) FROM delivery WHERE next_attempt_at <= $1 AND status <> 'DELIVERING') AS due, \
         (SELECT MIN(next_attempt_at) FROM delivery WHERE next_attempt_at <= $1 AND status <> 'DELIVERING') AS oldest, \
-        (SELECT COUNT(*) FROM delivery WHERE status = 'DELIVERING' AND lease_until < $2) AS stale";
+        (SELECT COUNT(*) FROM delivery WHERE status = 'DELIVERING' AND completed_at IS NULL \
+         AND lease_until < $2) AS stale";
     let stale_before = t - chrono::TimeDelta::seconds(60);
     let row = db
         .read

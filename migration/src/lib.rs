@@ -3,6 +3,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_initial;
 mod m20261124_000002_hot_path;
 mod m20261124_000003_rules_epoch;
+mod m20261124_000004_unfinished_index;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_initial::Migration),
             Box::new(m20261124_000002_hot_path::Migration),
             Box::new(m20261124_000003_rules_epoch::Migration),
+            Box::new(m20261124_000004_unfinished_index::Migration),
         ]
     }
 }

@@ -28,7 +28,7 @@ const INDEXES: [&str; 13] = [
     "idx_delivery_tenant_dest_created",
     "idx_delivery_event",
     "idx_delivery_tenant_created",
-    "idx_delivery_dest_status",
+    "idx_delivery_dest_unfinished",
     "idx_attempt_delivery",
     "idx_attempt_dest_started",
 ];

@@ -400,7 +400,7 @@ async fn release_leases(
     let mut sql = format!(
         "UPDATE delivery SET status = CASE WHEN attempt_count > 0 THEN 'AWAITING_RETRY' \
          ELSE 'PENDING' END, next_attempt_at = {p1}, lease_until = NULL, lease_owner = NULL \
-         WHERE status = 'DELIVERING'"
+         WHERE status = 'DELIVERING' AND completed_at IS NULL"
     );
     let mut values: Vec<sea_orm::Value> = vec![now().into()];
     if let Some(o) = owner {

@@ -295,6 +295,7 @@ pub async fn delete(db: &DatabaseConnection, p: &Principal, id: Uuid) -> AppResu
         )
         .filter(delivery::Column::DestinationId.eq(id))
         .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY", "DELIVERING"]))
+        .filter(delivery::Column::CompletedAt.is_null())
         .exec(&txn)
         .await?;
     txn.commit().await?;

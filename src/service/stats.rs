@@ -122,7 +122,9 @@ struct PendingRow {
     n: i64,
 }
 
-/// Unfinished deliveries per destination, one grouped query (indexed by destination, status).
+/// Unfinished deliveries per destination, one grouped query on `idx_delivery_dest_unfinished`
+/// (the `completed_at IS NULL` term lets the planner use that partial index; unfinished
+/// statuses never carry a `completed_at`).
 async fn pending_counts(
     db: &impl ConnectionTrait,
     ids: &[Uuid],
@@ -133,6 +135,7 @@ async fn pending_counts(
         .column_as(delivery::Column::Id.count(), "n")
         .filter(delivery::Column::DestinationId.is_in(ids.iter().copied()))
         .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY", "DELIVERING"]))
+        .filter(delivery::Column::CompletedAt.is_null())
         .group_by(delivery::Column::DestinationId)
         .into_model::<PendingRow>()
         .all(db)
