@@ -76,6 +76,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<(AppState, Started)> {
         );
     }
     let live = LiveBus::new(4096);
+    let delivery_rt = Arc::new(crate::dispatch::threads::DeliveryRuntime::new()?);
     let wake = Arc::new(tokio::sync::Notify::new());
     let instance_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
     let sender = HttpSender::new(config.allow_private_targets)?;
@@ -95,11 +96,13 @@ pub async fn prepare(config: Config) -> anyhow::Result<(AppState, Started)> {
         publisher: Publisher::start(db.clone(), wake.clone(), hub.clone()),
         hub: hub.clone(),
         writer: Writer::start(
+            delivery_rt.handle(),
             db.write.clone(),
             live.clone(),
             instance_id.clone(),
             hub.clone(),
         ),
+        delivery_rt,
         sender,
         db,
         config: Arc::new(config),

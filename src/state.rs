@@ -32,6 +32,9 @@ pub struct AppState {
     pub hub: Arc<crate::dispatch::hub::Hub>,
     /// Batched writer for attempts, delivery states and destination health.
     pub writer: Writer,
+    /// The runtime the dispatcher and the completion writer run on (see
+    /// [`crate::dispatch::threads`]).
+    pub delivery_rt: Arc<crate::dispatch::threads::DeliveryRuntime>,
     /// The guarded HTTP clients deliveries go out through.
     pub sender: HttpSender,
     /// Publish rate per tenant.

@@ -17,6 +17,7 @@ pub mod sender;
 pub mod signing;
 mod store;
 mod test_event;
+pub mod threads;
 mod unit;
 pub mod writer;
 
@@ -119,8 +120,10 @@ pub fn spawn(state: AppState) -> Dispatcher {
         hub: state.hub.clone(),
         state,
     });
+    // Everything the loop spawns (sends, hand-overs, lease renewal) lands on the same runtime.
+    let rt = engine.state.delivery_rt.clone();
     Dispatcher {
-        task: Some(tokio::spawn(run(engine))),
+        task: Some(rt.handle().spawn(run(engine))),
     }
 }
 

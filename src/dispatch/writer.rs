@@ -102,14 +102,16 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Starts the writer task on `rt` (the delivery runtime, see [`super::threads`]).
     pub fn start(
+        rt: &tokio::runtime::Handle,
         db: DatabaseConnection,
         live: LiveBus,
         instance_id: Arc<str>,
         hub: Arc<super::hub::Hub>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(db, live, instance_id, hub, rx));
+        rt.spawn(run(db, live, instance_id, hub, rx));
         Self { tx }
     }
 

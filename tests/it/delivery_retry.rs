@@ -391,6 +391,7 @@ both!(
         let db = s.stop().await;
         let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
         let writer = Writer::start(
+            &tokio::runtime::Handle::current(),
             conn.write.clone(),
             hookline::live::LiveBus::new(16),
             Arc::from("writer-test"),
