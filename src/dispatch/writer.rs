@@ -135,6 +135,12 @@ impl Writer {
     }
 }
 
+/// The largest event payload an attempt carries on the live bus. The bus keeps its last 4 096
+/// messages for subscribers that lag, so with payloads of up to 256 KiB on board it could hold
+/// 1 GiB; at 8 KiB it holds at most 32 MiB of them. A subscriber that asks for a larger event
+/// gets it loaded, as for attempts made by other instances.
+pub const LIVE_EVENT_INLINE_MAX: usize = 8 * 1024;
+
 const MAX_FLUSH: usize = 2000;
 /// How long the writer gathers on PostgreSQL before a flush.
 const GATHER: Duration = Duration::from_millis(5);
@@ -214,7 +220,7 @@ async fn run(
                 live.publish(LiveEvent::Attempt(Arc::new(LiveAttempt {
                     attempt: f.attempt,
                     delivery,
-                    event: f.event,
+                    event: f.event.filter(|e| e.payload.len() <= LIVE_EVENT_INLINE_MAX),
                 })));
             }
         }

@@ -725,3 +725,32 @@ both!(
         assert_eq!(seen.len(), n + 3);
     }
 );
+
+// An attempt of an event larger than `LIVE_EVENT_INLINE_MAX` goes on the live bus without its
+// event (the bus keeps its last 4 096 messages); a subscriber that asks for the event gets it
+// loaded, whole, like one whose event was carried along.
+both!(
+    large_events_are_loaded_for_subscribers_not_carried,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let tok = s.token("acme", "read write publish");
+        let rx = Receiver::start().await;
+        create_destination(&s, &tok, json!({"url": rx.url()})).await;
+        let q = "subscription { deliveryAttempts { eventId delivery { event { id payload } } } }";
+        let mut sub = subscribe(s.addr, Proto::Transport, &tok, q, json!({})).await;
+        let big = "x".repeat(hookline::dispatch::writer::LIVE_EVENT_INLINE_MAX + 1);
+        let small = json!({"s": "tiny"});
+        let large = json!({ "s": big });
+        let small_id = publish(&s, &tok, "t.small", small.clone()).await;
+        let large_id = publish(&s, &tok, "t.large", large.clone()).await;
+        let got = attempts(sub.take("1", 2, WAIT).await);
+        for (id, payload) in [(small_id, small), (large_id, large)] {
+            let a = got
+                .iter()
+                .find(|a| a["eventId"] == id.as_str())
+                .unwrap_or_else(|| panic!("no attempt for {id} in {got:?}"));
+            assert_eq!(a["delivery"]["event"]["id"], id.as_str());
+            assert_eq!(a["delivery"]["event"]["payload"], payload);
+        }
+    }
+);
