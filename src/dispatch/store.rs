@@ -2,12 +2,14 @@
 //! closing circuit makes due again. PostgreSQL gets each kind as one statement with its rows
 //! as a JSON document; SQLite, in-process, gets plain grouped statements.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use entity::{delivery, destination};
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect,
+};
 use uuid::Uuid;
 
 use super::writer::{DeliveryUpdate, HealthUpdate};
@@ -24,11 +26,17 @@ use crate::service::now;
 /// cost one statement each. Either way, a delivery updated twice in one flush (its lease
 /// lapsed and it was claimed again) gets one statement per update, in order, so the later
 /// update wins (unless the earlier one finished it, as above).
+///
+/// With `want_applied`, returns for each update whether it was applied (the guard above did
+/// not skip it and the row exists), so that the live stream shows only states the database
+/// has; otherwise an empty vector. PostgreSQL reports it through `RETURNING`; SQLite, whose
+/// one writer is this transaction, reads which rows are finished before updating them.
 pub(super) async fn write_deliveries(
     db: &impl ConnectionTrait,
     ups: &[DeliveryUpdate],
     t: DateTime<Utc>,
-) -> Result<(), DbErr> {
+    want_applied: bool,
+) -> Result<Vec<bool>, DbErr> {
     type Key<'a> = (
         &'static str,
         Option<i32>,
@@ -44,14 +52,35 @@ pub(super) async fn write_deliveries(
     let (once, in_order): (Vec<&DeliveryUpdate>, Vec<&DeliveryUpdate>) =
         ups.iter().partition(|u| seen[&u.id] == 1);
     if db.get_database_backend() == DbBackend::Postgres {
+        let mut applied_once = HashSet::new();
         for chunk in once.chunks(5000) {
-            update_json(db, chunk, t).await?;
+            applied_once.extend(update_json(db, chunk, t, want_applied).await?);
         }
+        // Per update of a delivery updated more than once, in order.
+        let mut applied_in_order = Vec::with_capacity(in_order.len());
         for u in in_order {
-            update_json(db, &[u], t).await?;
+            applied_in_order.push(!update_json(db, &[u], t, want_applied).await?.is_empty());
         }
-        return Ok(());
+        if !want_applied {
+            return Ok(Vec::new());
+        }
+        let mut in_order = applied_in_order.into_iter();
+        return Ok(ups
+            .iter()
+            .map(|u| {
+                if seen[&u.id] == 1 {
+                    applied_once.contains(&u.id)
+                } else {
+                    in_order.next().unwrap_or(false)
+                }
+            })
+            .collect());
     }
+    let applied = if want_applied {
+        applied_in_sqlite(db, ups).await?
+    } else {
+        Vec::new()
+    };
     let mut groups: HashMap<Key<'_>, Vec<Uuid>> = HashMap::new();
     for u in once {
         let key = (
@@ -129,7 +158,44 @@ pub(super) async fn write_deliveries(
             .exec(db)
             .await?;
     }
-    Ok(())
+    Ok(applied)
+}
+
+/// SQLite: which of `ups` the statements above will apply, worked out from the rows as they
+/// are before them — exact, because nothing else writes while this transaction does.
+async fn applied_in_sqlite(
+    db: &impl ConnectionTrait,
+    ups: &[DeliveryUpdate],
+) -> Result<Vec<bool>, DbErr> {
+    let mut ids: Vec<Uuid> = ups.iter().map(|u| u.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    // Per existing delivery: finished already?
+    let mut finished: HashMap<Uuid, bool> = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let rows: Vec<(Uuid, Option<DateTime<Utc>>)> = delivery::Entity::find()
+            .select_only()
+            .column(delivery::Column::Id)
+            .column(delivery::Column::CompletedAt)
+            .filter(delivery::Column::Id.is_in(chunk.iter().copied()))
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (id, completed_at) in rows {
+            finished.insert(id, completed_at.is_some());
+        }
+    }
+    Ok(ups
+        .iter()
+        .map(|u| match finished.get_mut(&u.id) {
+            None => false,
+            Some(done) if *done && u.status != "SUCCEEDED" => false,
+            Some(done) => {
+                *done |= u.completed;
+                true
+            }
+        })
+        .collect())
 }
 
 /// The ids of a JSON update again, as `a,b,c` for `d.id = ANY(string_to_array($n, ',')::uuid[])`.
@@ -151,36 +217,58 @@ fn id_list(ids: impl Iterator<Item = Uuid>) -> String {
 /// PostgreSQL: applies updates (distinct ids) in one statement, with the same meaning as the
 /// SQLite statements above: the attempt's facts only when an attempt was made, an error alone
 /// when a discard gives one, `completed_at` when finished.
-const UPDATE_JSON: &str = "UPDATE delivery AS d SET status = u.status, \
-     next_attempt_at = u.next_attempt_at, lease_until = NULL, lease_owner = NULL, \
-     attempt_count = COALESCE(u.attempt_count, d.attempt_count), \
-     last_status_code = CASE WHEN u.attempt_count IS NULL THEN d.last_status_code \
-       ELSE u.last_status_code END, \
-     last_error = CASE WHEN u.attempt_count IS NULL AND u.last_error IS NULL THEN d.last_error \
-       ELSE u.last_error END, \
-     completed_at = CASE WHEN u.completed THEN $2 ELSE d.completed_at END \
-     FROM json_to_recordset($1::json) AS u(id uuid, status text, attempt_count int4, \
-       next_attempt_at timestamptz, last_status_code int4, last_error text, completed bool) \
-     WHERE d.id = u.id AND d.id = ANY(string_to_array($3, ',')::uuid[]) \
-     AND (d.completed_at IS NULL OR u.status = 'SUCCEEDED')";
+macro_rules! update_json_sql {
+    () => {
+        "UPDATE delivery AS d SET status = u.status, \
+         next_attempt_at = u.next_attempt_at, lease_until = NULL, lease_owner = NULL, \
+         attempt_count = COALESCE(u.attempt_count, d.attempt_count), \
+         last_status_code = CASE WHEN u.attempt_count IS NULL THEN d.last_status_code \
+           ELSE u.last_status_code END, \
+         last_error = CASE WHEN u.attempt_count IS NULL AND u.last_error IS NULL THEN d.last_error \
+           ELSE u.last_error END, \
+         completed_at = CASE WHEN u.completed THEN $2 ELSE d.completed_at END \
+         FROM json_to_recordset($1::json) AS u(id uuid, status text, attempt_count int4, \
+           next_attempt_at timestamptz, last_status_code int4, last_error text, completed bool) \
+         WHERE d.id = u.id AND d.id = ANY(string_to_array($3, ',')::uuid[]) \
+         AND (d.completed_at IS NULL OR u.status = 'SUCCEEDED')"
+    };
+}
+const UPDATE_JSON: &str = update_json_sql!();
 
+/// [`UPDATE_JSON`] reporting the ids it updated.
+const UPDATE_JSON_RETURNING: &str = concat!(update_json_sql!(), " RETURNING d.id");
+
+/// Applies `ups`; with `want_applied`, returns the ids of the rows it updated.
 async fn update_json(
     db: &impl ConnectionTrait,
     ups: &[&DeliveryUpdate],
     t: DateTime<Utc>,
-) -> Result<(), DbErr> {
+    want_applied: bool,
+) -> Result<Vec<Uuid>, DbErr> {
     let json = serde_json::to_string(ups).map_err(|e| DbErr::Custom(e.to_string()))?;
-    db.execute_raw(sea_orm::Statement::from_sql_and_values(
+    let values = [
+        json.into(),
+        t.into(),
+        id_list(ups.iter().map(|u| u.id)).into(),
+    ];
+    if !want_applied {
+        db.execute_raw(sea_orm::Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            UPDATE_JSON,
+            values,
+        ))
+        .await?;
+        return Ok(Vec::new());
+    }
+    db.query_all_raw(sea_orm::Statement::from_sql_and_values(
         DbBackend::Postgres,
-        UPDATE_JSON,
-        [
-            json.into(),
-            t.into(),
-            id_list(ups.iter().map(|u| u.id)).into(),
-        ],
+        UPDATE_JSON_RETURNING,
+        values,
     ))
-    .await?;
-    Ok(())
+    .await?
+    .iter()
+    .map(|r| r.try_get::<Uuid>("", "id"))
+    .collect()
 }
 
 /// PostgreSQL: the health of every destination in the flush in one statement, with the

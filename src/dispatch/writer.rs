@@ -193,18 +193,23 @@ async fn run(
             })
             .collect();
         let mut backoff = Duration::from_millis(100);
+        // Which delivery updates took effect matters only to the live stream.
+        let want_applied = live.subscriber_count() > 0;
         // Nothing finished is dropped: a failed flush is retried until the database is back.
         // (Leases may expire meanwhile; the receiver then sees a duplicate, never a loss.)
-        loop {
-            match flush.write(&db, &instance_id, &statuses).await {
-                Ok(()) => break,
+        let applied = loop {
+            match flush
+                .write(&db, &instance_id, &statuses, want_applied)
+                .await
+            {
+                Ok(applied) => break applied,
                 Err(e) => {
                     tracing::warn!(error = %e, "completion flush failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
-        }
+        };
         if flush.health.values().any(|h| h.disable) {
             // 410 Gone switched a destination off: it no longer takes events.
             hub.rules_changed();
@@ -215,8 +220,13 @@ async fn run(
             .increment(flush.finished.len() as u64 - flush.successes);
         // Nobody subscribed here: the bus would drop them, so do not build them.
         if live.subscriber_count() > 0 {
-            for f in flush.finished {
-                let delivery = Some(f.delivery(flush.at));
+            for (f, i) in flush.finished.into_iter().zip(flush.update_of) {
+                // The delivery as this attempt left it — unless the guard kept the update out
+                // (the delivery was finished meanwhile): then subscribers load it as it is.
+                let delivery = applied
+                    .get(i)
+                    .is_none_or(|a| *a)
+                    .then(|| f.delivery(flush.at));
                 live.publish(LiveEvent::Attempt(Arc::new(LiveAttempt {
                     attempt: f.attempt,
                     delivery,
@@ -240,6 +250,8 @@ struct Flush {
     /// When the flush was gathered: the `completed_at` of what it completes.
     at: DateTime<Utc>,
     finished: Vec<Finished>,
+    /// Per finished attempt: the index of its update in `deliveries`.
+    update_of: Vec<usize>,
     successes: u64,
     deliveries: Vec<DeliveryUpdate>,
     health: HashMap<Uuid, HealthUpdate>,
@@ -256,6 +268,7 @@ impl Flush {
         let mut f = Flush {
             at: now(),
             finished: Vec::new(),
+            update_of: Vec::new(),
             successes: 0,
             deliveries: Vec::new(),
             health: HashMap::new(),
@@ -268,6 +281,7 @@ impl Flush {
                     if a.attempt.outcome == "SUCCESS" {
                         f.successes += 1;
                     }
+                    f.update_of.push(f.deliveries.len());
                     f.deliveries.push(a.update.clone());
                     f.finished.push(*a);
                 }
@@ -298,18 +312,21 @@ impl Flush {
         db: &DatabaseConnection,
         instance_id: &str,
         statuses: &[StatusChange],
-    ) -> Result<(), DbErr> {
+        want_applied: bool,
+    ) -> Result<Vec<bool>, DbErr> {
         let txn = db.begin().await?;
         let attempts = self.finished.iter().map(|f| f.attempt.clone()).collect();
         bulk::insert::<_, delivery_attempt::ActiveModel>(&txn, attempts)
             .await
             .map_err(|e| DbErr::Custom(e.detail()))?;
-        super::store::write_deliveries(&txn, &self.deliveries, self.at).await?;
+        let applied =
+            super::store::write_deliveries(&txn, &self.deliveries, self.at, want_applied).await?;
         super::store::write_health_all(&txn, &self.health).await?;
         super::rollup::upsert(&txn, &self.rollups).await?;
         let ids: Vec<Uuid> = self.finished.iter().map(|f| f.attempt.id).collect();
         crate::live::pg::announce(&txn, instance_id, &ids, statuses).await?;
-        txn.commit().await
+        txn.commit().await?;
+        Ok(applied)
     }
 }
 

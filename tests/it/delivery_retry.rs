@@ -365,9 +365,11 @@ both!(
         use std::sync::Arc;
 
         use hookline::dispatch::{
+            claim::Claimed,
             hub::Hub,
-            writer::{DeliveryUpdate, Writer, WriterMsg},
+            writer::{DeliveryUpdate, Finished, Writer, WriterMsg},
         };
+        use hookline::live::LiveEvent;
         use sea_orm::EntityTrait;
 
         let s = Server::start(backend).await;
@@ -390,10 +392,12 @@ both!(
             .collect();
         let db = s.stop().await;
         let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
+        let live = hookline::live::LiveBus::new(16);
+        let mut stream = live.subscribe();
         let writer = Writer::start(
             &tokio::runtime::Handle::current(),
             conn.write.clone(),
-            hookline::live::LiveBus::new(16),
+            live.clone(),
             Arc::from("writer-test"),
             Arc::new(Hub::new(
                 100,
@@ -422,16 +426,54 @@ both!(
             last_error: Some("gave up".into()),
             completed: true,
         };
-        // ids[0]: released, then failed: failed. ids[1]: failed, then released: stays failed.
-        // ids[2]: one update only.
-        for u in [
-            release(ids[0]),
-            fail(ids[0]),
-            fail(ids[1]),
-            release(ids[1]),
-            release(ids[2]),
+        // An attempt's update, with the attempt: it goes on the live bus with its delivery.
+        let mut rows = Vec::new();
+        for id in &ids {
+            rows.push(
+                entity::delivery::Entity::find_by_id(*id)
+                    .one(&conn.read)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        let attempt = |i: usize, update: DeliveryUpdate| {
+            let d = &rows[i];
+            WriterMsg::Attempt(Box::new(Finished {
+                attempt: entity::delivery_attempt::Model {
+                    id: uuid::Uuid::now_v7(),
+                    tenant_id: d.tenant_id.clone(),
+                    delivery_id: d.id,
+                    destination_id: d.destination_id,
+                    event_id: d.event_id,
+                    event_type: d.event_type.clone(),
+                    attempt_number: 2,
+                    request_id: uuid::Uuid::now_v7(),
+                    started_at: chrono::Utc::now(),
+                    duration_ms: 1,
+                    response_status: update.last_status_code,
+                    response_body: None,
+                    error_kind: Some("HTTP_STATUS".into()),
+                    error_message: None,
+                    outcome: "FAILURE".into(),
+                    next_attempt_at: update.next_attempt_at,
+                },
+                update,
+                claimed: Claimed::of(d),
+                event: None,
+            }))
+        };
+        // ids[0]: released, then failed by an attempt: failed. ids[1]: failed, then an
+        // attempt's retry: stays failed, and the stream must not say otherwise. ids[2]: one
+        // update only.
+        for m in [
+            WriterMsg::Delivery(release(ids[0])),
+            attempt(0, fail(ids[0])),
+            WriterMsg::Delivery(fail(ids[1])),
+            attempt(1, release(ids[1])),
+            WriterMsg::Delivery(release(ids[2])),
         ] {
-            writer.send(WriterMsg::Delivery(u));
+            writer.send(m);
         }
         let flushed = tokio::time::timeout(T, writer.barrier()).await;
         assert!(matches!(flushed, Ok(true)), "the flush never committed");
@@ -459,6 +501,19 @@ both!(
                 "delivery {i}: {row:?}"
             );
         }
+        // On the live bus: ids[0]'s attempt with the failed delivery it left; ids[1]'s without
+        // a delivery (the guard kept its update out; subscribers load the row as it is).
+        let mut live_copies = std::collections::HashMap::new();
+        while let Ok(ev) = stream.try_recv() {
+            if let LiveEvent::Attempt(a) = ev {
+                live_copies.insert(a.attempt.delivery_id, a.delivery.clone());
+            }
+        }
+        assert_eq!(live_copies.len(), 2, "{live_copies:?}");
+        let d0 = live_copies[&ids[0]].as_ref().expect("ids[0] was applied");
+        assert_eq!(d0.status, "FAILED");
+        assert!(d0.completed_at.is_some());
+        assert!(live_copies[&ids[1]].is_none(), "{:?}", live_copies[&ids[1]]);
         writer.close().await;
     }
 );

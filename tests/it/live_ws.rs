@@ -754,3 +754,44 @@ both!(
         }
     }
 );
+
+// An attempt whose delivery was finished while it was in flight (its destination deleted): the
+// completion guard keeps the attempt's update out, and the stream shows the delivery as the
+// database has it — discarded — not as the attempt would have left it (awaiting a retry).
+both!(
+    stream_shows_the_delivery_the_guard_kept,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let tok = s.token("acme", "read write publish");
+        let rx = Receiver::start().await;
+        rx.set(Behavior {
+            status: 500,
+            delay: Duration::from_millis(1500),
+            ..Default::default()
+        });
+        let dest = create_destination(
+            &s,
+            &tok,
+            json!({"url": rx.url(), "retrySchedule": [5], "maxAttempts": 5}),
+        )
+        .await;
+        let q = "subscription { deliveryAttempts { deliveryId responseStatus
+          delivery { id status lastError completedAt } } }";
+        let mut sub = subscribe(s.addr, Proto::Transport, &tok, q, json!({})).await;
+        publish(&s, &tok, "order.created", json!({})).await;
+        wait_status(&s, &tok, &dest, 1, "DELIVERING", WAIT).await;
+        s.ok(
+            &tok,
+            "mutation($id: ID!) { deleteDestination(id: $id) }",
+            json!({"id": dest}),
+        )
+        .await;
+        let got = attempts(sub.take("1", 1, WAIT).await);
+        let a = &got[0];
+        assert_eq!(a["responseStatus"], 500, "{a}");
+        assert_eq!(a["delivery"]["id"], a["deliveryId"], "{a}");
+        assert_eq!(a["delivery"]["status"], "DISCARDED", "{a}");
+        assert_eq!(a["delivery"]["lastError"], "destination deleted", "{a}");
+        assert!(a["delivery"]["completedAt"].is_string(), "{a}");
+    }
+);
