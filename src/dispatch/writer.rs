@@ -193,7 +193,8 @@ async fn run(
             })
             .collect();
         let mut backoff = Duration::from_millis(100);
-        // Which delivery updates took effect matters only to the live stream.
+        // Which delivery updates took effect matters only to the live stream. (A subscriber
+        // arriving during the flush gets its attempts as the updates would leave them.)
         let want_applied = live.subscriber_count() > 0;
         // Nothing finished is dropped: a failed flush is retried until the database is back.
         // (Leases may expire meanwhile; the receiver then sees a duplicate, never a loss.)

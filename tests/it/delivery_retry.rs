@@ -437,6 +437,24 @@ both!(
                     .unwrap(),
             );
         }
+        // The attempts' events as the dispatcher holds them: ids[0]'s too large to ride the live
+        // bus, ids[1]'s small enough.
+        let event_of = |i: usize, payload_len: usize| {
+            let d = &rows[i];
+            Arc::new(entity::event::Model {
+                id: d.event_id,
+                tenant_id: d.tenant_id.clone(),
+                event_type: d.event_type.clone(),
+                level: "INFO".into(),
+                payload: format!("\"{}\"", "x".repeat(payload_len - 2)),
+                idempotency_key: None,
+                created_at: d.created_at,
+            })
+        };
+        let events = [
+            event_of(0, hookline::dispatch::writer::LIVE_EVENT_INLINE_MAX + 1),
+            event_of(1, 100),
+        ];
         let attempt = |i: usize, update: DeliveryUpdate| {
             let d = &rows[i];
             WriterMsg::Attempt(Box::new(Finished {
@@ -460,7 +478,7 @@ both!(
                 },
                 update,
                 claimed: Claimed::of(d),
-                event: None,
+                event: Some(events[i].clone()),
             }))
         };
         // ids[0]: released, then failed by an attempt: failed. ids[1]: failed, then an
@@ -504,11 +522,19 @@ both!(
         // On the live bus: ids[0]'s attempt with the failed delivery it left; ids[1]'s without
         // a delivery (the guard kept its update out; subscribers load the row as it is).
         let mut live_copies = std::collections::HashMap::new();
+        let mut live_events = std::collections::HashMap::new();
         while let Ok(ev) = stream.try_recv() {
             if let LiveEvent::Attempt(a) = ev {
                 live_copies.insert(a.attempt.delivery_id, a.delivery.clone());
+                live_events.insert(a.attempt.delivery_id, a.event.is_some());
             }
         }
+        // Only the small event rides along (`LIVE_EVENT_INLINE_MAX`); subscribers load the other.
+        assert!(!live_events[&ids[0]], "a large event rode the live bus");
+        assert!(
+            live_events[&ids[1]],
+            "a small event was left off the live bus"
+        );
         assert_eq!(live_copies.len(), 2, "{live_copies:?}");
         let d0 = live_copies[&ids[0]].as_ref().expect("ids[0] was applied");
         assert_eq!(d0.status, "FAILED");

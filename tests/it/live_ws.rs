@@ -727,10 +727,11 @@ both!(
 );
 
 // An attempt of an event larger than `LIVE_EVENT_INLINE_MAX` goes on the live bus without its
-// event (the bus keeps its last 4 096 messages); a subscriber that asks for the event gets it
-// loaded, whole, like one whose event was carried along.
+// event (the bus keeps its last 4 096 messages; `delivery_retry::one_flush_updating_a_delivery_
+// twice_applies_in_order` checks what rides along); a subscriber that asks for the event gets
+// it loaded, whole, like one whose event was carried along.
 both!(
-    large_events_are_loaded_for_subscribers_not_carried,
+    large_and_small_events_reach_subscribers_whole,
     |backend| async move {
         let s = Server::start(backend).await;
         let tok = s.token("acme", "read write publish");
