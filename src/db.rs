@@ -61,6 +61,9 @@ pub async fn connect(cfg: &Config) -> Result<Db, DbErr> {
             .min_connections(2)
             .connect_timeout(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(10))
+            // SeaORM's default pings a connection every time it leaves the pool: a round trip
+            // before every statement. Only one idle long enough to have been dropped is pinged.
+            .test_before_acquire_if_idle_for(Duration::from_secs(30))
             .sqlx_logging(false)
             .map_sqlx_postgres_opts(move |o| {
                 if plain {
@@ -100,6 +103,9 @@ pub async fn connect(cfg: &Config) -> Result<Db, DbErr> {
         opts.max_connections(max)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            // A file in this process cannot hang up: no ping (a hand-off to SQLite's thread)
+            // each time a connection leaves the pool.
+            .test_before_acquire(false)
             .sqlx_logging(false)
             .map_sqlx_sqlite_opts(move |o| {
                 o.journal_mode(SqliteJournalMode::Wal)
@@ -131,6 +137,99 @@ fn sqlite_path(url: &str) -> Option<&str> {
         .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
+/// SQLite: runs `stmts` as one transaction in **one** call to the connection's thread —
+/// `BEGIN; s1; s2; …; COMMIT` as a single script. Each statement otherwise costs a hand-off to
+/// sqlx's SQLite thread and back, and the one writer connection sits idle, held, during every
+/// hand-off: at 8 000 publishes/s the publishes waited ≈ 1 ms per group for it (BENCHMARKS.md,
+/// session 8). Only statements that return nothing belong here, with anonymous `?`
+/// placeholders (SeaORM's builders write those; numbered `?N` ones would bind by absolute
+/// position across the script and are refused).
+///
+/// If a statement fails, the script stops there and the transaction is rolled back before the
+/// connection goes back to the pool; a connection that cannot say whether it rolled back, or
+/// whose call is abandoned midway, is closed instead (closing rolls back).
+pub async fn sqlite_script(
+    db: &DatabaseConnection,
+    stmts: Vec<sea_orm::Statement>,
+) -> Result<(), DbErr> {
+    use sea_orm::sqlx;
+    if stmts.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from("BEGIN;\n");
+    let mut values = Vec::new();
+    for s in stmts {
+        if s.values.as_ref().is_some_and(|v| !v.0.is_empty()) && numbered_placeholder(&s.sql) {
+            return Err(DbErr::Custom(format!(
+                "a script statement uses numbered placeholders: {}",
+                s.sql
+            )));
+        }
+        sql.push_str(&s.sql);
+        sql.push_str(";\n");
+        values.extend(s.values.map(|v| v.0).unwrap_or_default());
+    }
+    sql.push_str("COMMIT;");
+    let err = |e: sqlx::Error| DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e)));
+    let pool = db.get_sqlite_connection_pool();
+    let mut conn = Armed(Some(pool.acquire().await.map_err(|e| {
+        DbErr::Conn(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e)))
+    })?));
+    let c = conn.0.as_mut().expect("armed");
+    let res = sqlx::query_with(
+        sqlx::AssertSqlSafe(sql),
+        sea_query_sqlx::SqlxValues(sea_orm::sea_query::Values(values)),
+    )
+    .execute(&mut **c)
+    .await;
+    if let Err(e) = res {
+        // Stopped inside the transaction (or before it began: then there is nothing to roll
+        // back, which SQLite reports as an error of its own).
+        match sqlx::query("ROLLBACK").execute(&mut **c).await {
+            Ok(_) => {}
+            Err(r) if r.to_string().contains("no transaction is active") => {}
+            Err(_) => return Err(err(e)), // `conn` stays armed: closed on drop
+        }
+        conn.disarm();
+        return Err(err(e));
+    }
+    conn.disarm();
+    Ok(())
+}
+
+/// A pooled connection that is closed, not returned, unless disarmed: a script abandoned
+/// midway (its future dropped) may have left a transaction open on it.
+struct Armed(Option<sea_orm::sqlx::pool::PoolConnection<sea_orm::sqlx::Sqlite>>);
+
+impl Armed {
+    fn disarm(&mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            c.close_on_drop();
+        }
+    }
+}
+
+/// Whether `sql` has a `?N` placeholder (outside quotes).
+fn numbered_placeholder(sql: &str) -> bool {
+    let mut quote = None;
+    let b = sql.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        match (quote, c) {
+            (None, b'\'' | b'"') => quote = Some(c),
+            (Some(q), _) if c == q => quote = None,
+            (None, b'?') if b.get(i + 1).is_some_and(u8::is_ascii_digit) => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// A raw statement written with PostgreSQL's `$1, $2…` placeholders, rewritten to SQLite's
@@ -221,6 +320,151 @@ fn loopback_without_sslmode(database_url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
+    use sea_orm::{Statement, Value};
+
+    /// A one-connection SQLite pool, as the writer has, with a table `t (id PRIMARY KEY, v)`.
+    async fn writer(dir: &tempfile::TempDir) -> DatabaseConnection {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let mut opts = ConnectOptions::new(url);
+        // As the writer's: no ping when a connection is taken from the pool.
+        opts.max_connections(1)
+            .test_before_acquire(false)
+            .sqlx_logging(false);
+        let db = Database::connect(opts).await.unwrap();
+        db.execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .await
+            .unwrap();
+        db
+    }
+
+    fn insert(id: i64, v: &str) -> Statement {
+        Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "INSERT INTO t (id, v) VALUES (?, ?)",
+            [Value::from(id), Value::from(v)],
+        )
+    }
+
+    async fn rows(db: &DatabaseConnection) -> Vec<(i64, String)> {
+        db.query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT id, v FROM t ORDER BY id",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.try_get("", "id").unwrap(), r.try_get("", "v").unwrap()))
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn a_script_binds_each_statements_values_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = writer(&dir).await;
+        let update = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "UPDATE t SET v = ? WHERE id = ?",
+            [Value::from("b2"), Value::from(2i64)],
+        );
+        super::sqlite_script(
+            &db,
+            vec![insert(1, "a"), insert(2, "b"), update, insert(3, "c")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            rows(&db).await,
+            [(1, "a".into()), (2, "b2".into()), (3, "c".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_script_writes_nothing_and_leaves_no_transaction_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = writer(&dir).await;
+        super::sqlite_script(&db, vec![insert(1, "a")])
+            .await
+            .unwrap();
+        // The third statement breaks the primary key: the two before it are rolled back.
+        let err = super::sqlite_script(&db, vec![insert(2, "b"), insert(3, "c"), insert(1, "x")])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                crate::error::AppError::from(err),
+                crate::error::AppError::Conflict(_)
+            ),
+            "a unique violation reads as a conflict, as from SeaORM's own statements"
+        );
+        assert_eq!(rows(&db).await, [(1, "a".into())]);
+        // The one connection went back to the pool outside any transaction: a plain BEGIN
+        // (SeaORM's) and another script both work on it.
+        let txn = sea_orm::TransactionTrait::begin(&db).await.unwrap();
+        txn.execute_raw(insert(4, "d")).await.unwrap();
+        txn.commit().await.unwrap();
+        super::sqlite_script(&db, vec![insert(5, "e")])
+            .await
+            .unwrap();
+        assert_eq!(
+            rows(&db).await,
+            [(1, "a".into()), (4, "d".into()), (5, "e".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn numbered_placeholders_are_refused_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = writer(&dir).await;
+        let numbered = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "INSERT INTO t (id, v) VALUES (?1, ?2)",
+            [Value::from(9i64), Value::from("z")],
+        );
+        let err = super::sqlite_script(&db, vec![insert(1, "a"), numbered])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("numbered placeholders"), "{err}");
+        assert!(rows(&db).await.is_empty());
+        assert!(!super::numbered_placeholder(
+            "SELECT '?1' AS q, \"a?2\" FROM t WHERE x = ?"
+        ));
+        assert!(super::numbered_placeholder("SELECT 1 WHERE x = ?12"));
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_script_is_all_or_nothing_and_the_pool_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = writer(&dir).await;
+        let many: Vec<Statement> = (0..2000).map(|i| insert(i, "x")).collect();
+        let pool = db.get_sqlite_connection_pool();
+        // The connection of the set-up goes back to the pool in a task of its own.
+        for _ in 0..1000 {
+            if pool.num_idle() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(pool.num_idle(), 1);
+        {
+            // Dropped after its first poll, while SQLite's thread runs it.
+            let script = super::sqlite_script(&db, many);
+            tokio::pin!(script);
+            assert!(futures_util::poll!(script.as_mut()).is_pending());
+            assert_eq!(pool.num_idle(), 0, "the script holds the connection");
+        }
+        super::sqlite_script(&db, vec![insert(5000, "after")])
+            .await
+            .unwrap();
+        let got = rows(&db).await;
+        assert!(
+            got.len() == 1 || got.len() == 2001,
+            "the abandoned script is whole or absent: {} rows",
+            got.len()
+        );
+        assert_eq!(got.last().unwrap(), &(5000, "after".to_string()));
+    }
+
     #[test]
     fn loopback_urls_without_sslmode_skip_tls() {
         use super::loopback_without_sslmode as plain;

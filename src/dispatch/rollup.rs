@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use entity::{attempt_rollup, delivery_attempt};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ConnectionTrait, DbErr, EntityTrait};
+use sea_orm::{ConnectionTrait, DbErr, EntityTrait, QueryTrait};
 use uuid::Uuid;
 
 /// Upper bounds (ms, inclusive) of the latency buckets: about 25 % apart, so a percentile
@@ -157,7 +157,6 @@ pub async fn upsert(
     db: &impl ConnectionTrait,
     rows: &[attempt_rollup::Model],
 ) -> Result<(), DbErr> {
-    use attempt_rollup::Column as C;
     if db.get_database_backend() == sea_orm::DbBackend::Postgres {
         // One statement text whatever the row count (see `service::bulk`).
         for chunk in rows.chunks(5000) {
@@ -171,25 +170,35 @@ pub async fn upsert(
         }
         return Ok(());
     }
-    for chunk in rows.chunks(300) {
-        let models: Vec<attempt_rollup::ActiveModel> =
-            chunk.iter().cloned().map(Into::into).collect();
-        attempt_rollup::Entity::insert_many(models)
-            .on_conflict(
-                OnConflict::columns([C::DestinationId, C::BucketStart, C::InstanceId])
-                    .update_columns([
-                        C::Attempts,
-                        C::Successes,
-                        C::Failures,
-                        C::DurationSumMs,
-                        C::LatencyHist,
-                    ])
-                    .to_owned(),
-            )
-            .exec_without_returning(db)
-            .await?;
+    for stmt in sqlite_upserts(rows) {
+        db.execute_raw(stmt).await?;
     }
     Ok(())
+}
+
+/// SQLite: the statements of [`upsert`] (for [`crate::db::sqlite_script`], or to run one by
+/// one).
+pub fn sqlite_upserts(rows: &[attempt_rollup::Model]) -> Vec<sea_orm::Statement> {
+    use attempt_rollup::Column as C;
+    rows.chunks(300)
+        .map(|chunk| {
+            let models: Vec<attempt_rollup::ActiveModel> =
+                chunk.iter().cloned().map(Into::into).collect();
+            attempt_rollup::Entity::insert_many(models)
+                .on_conflict(
+                    OnConflict::columns([C::DestinationId, C::BucketStart, C::InstanceId])
+                        .update_columns([
+                            C::Attempts,
+                            C::Successes,
+                            C::Failures,
+                            C::DurationSumMs,
+                            C::LatencyHist,
+                        ])
+                        .to_owned(),
+                )
+                .build(sea_orm::DbBackend::Sqlite)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use entity::{delivery, destination};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect,
+    QueryTrait,
 };
 use uuid::Uuid;
 
@@ -37,38 +38,26 @@ pub(super) async fn write_deliveries(
     t: DateTime<Utc>,
     want_applied: bool,
 ) -> Result<Vec<bool>, DbErr> {
-    type Key<'a> = (
-        &'static str,
-        Option<i32>,
-        Option<DateTime<Utc>>,
-        Option<i32>,
-        Option<&'a str>,
-        bool,
-    );
-    let mut seen: HashMap<Uuid, usize> = HashMap::with_capacity(ups.len());
-    for u in ups {
-        *seen.entry(u.id).or_default() += 1;
-    }
-    let (once, in_order): (Vec<&DeliveryUpdate>, Vec<&DeliveryUpdate>) =
-        ups.iter().partition(|u| seen[&u.id] == 1);
     if db.get_database_backend() == DbBackend::Postgres {
+        let (once, in_order) = by_repeats(ups);
         let mut applied_once = HashSet::new();
         for chunk in once.chunks(5000) {
             applied_once.extend(update_json(db, chunk, t, want_applied).await?);
         }
         // Per update of a delivery updated more than once, in order.
         let mut applied_in_order = Vec::with_capacity(in_order.len());
-        for u in in_order {
-            applied_in_order.push(!update_json(db, &[u], t, want_applied).await?.is_empty());
+        for u in &in_order {
+            applied_in_order.push(!update_json(db, &[*u], t, want_applied).await?.is_empty());
         }
         if !want_applied {
             return Ok(Vec::new());
         }
+        let in_order_ids: HashSet<Uuid> = in_order.iter().map(|u| u.id).collect();
         let mut in_order = applied_in_order.into_iter();
         return Ok(ups
             .iter()
             .map(|u| {
-                if seen[&u.id] == 1 {
+                if !in_order_ids.contains(&u.id) {
                     applied_once.contains(&u.id)
                 } else {
                     in_order.next().unwrap_or(false)
@@ -81,6 +70,37 @@ pub(super) async fn write_deliveries(
     } else {
         Vec::new()
     };
+    for stmt in sqlite_delivery_updates(ups, t) {
+        db.execute_raw(stmt).await?;
+    }
+    Ok(applied)
+}
+
+/// The updates of deliveries updated once in `ups`, and (in order) those of deliveries
+/// updated more than once.
+fn by_repeats(ups: &[DeliveryUpdate]) -> (Vec<&DeliveryUpdate>, Vec<&DeliveryUpdate>) {
+    let mut seen: HashMap<Uuid, usize> = HashMap::with_capacity(ups.len());
+    for u in ups {
+        *seen.entry(u.id).or_default() += 1;
+    }
+    ups.iter().partition(|u| seen[&u.id] == 1)
+}
+
+/// SQLite: the statements of [`write_deliveries`] (for [`crate::db::sqlite_script`], or to
+/// run one by one).
+pub(super) fn sqlite_delivery_updates(
+    ups: &[DeliveryUpdate],
+    t: DateTime<Utc>,
+) -> Vec<sea_orm::Statement> {
+    type Key<'a> = (
+        &'static str,
+        Option<i32>,
+        Option<DateTime<Utc>>,
+        Option<i32>,
+        Option<&'a str>,
+        bool,
+    );
+    let (once, in_order) = by_repeats(ups);
     let mut groups: HashMap<Key<'_>, Vec<Uuid>> = HashMap::new();
     for u in once {
         let key = (
@@ -133,6 +153,7 @@ pub(super) async fn write_deliveries(
         }
         q
     };
+    let mut stmts = Vec::new();
     for ((status, attempt_count, next_attempt_at, last_status_code, last_error, completed), ids) in
         groups
     {
@@ -146,19 +167,21 @@ pub(super) async fn write_deliveries(
             completed,
         };
         for chunk in ids.chunks(500) {
-            update(&u)
-                .filter(delivery::Column::Id.is_in(chunk.iter().copied()))
-                .exec(db)
-                .await?;
+            stmts.push(
+                update(&u)
+                    .filter(delivery::Column::Id.is_in(chunk.iter().copied()))
+                    .build(DbBackend::Sqlite),
+            );
         }
     }
     for u in in_order {
-        update(u)
-            .filter(delivery::Column::Id.eq(u.id))
-            .exec(db)
-            .await?;
+        stmts.push(
+            update(u)
+                .filter(delivery::Column::Id.eq(u.id))
+                .build(DbBackend::Sqlite),
+        );
     }
-    Ok(applied)
+    stmts
 }
 
 /// SQLite: which of `ups` the statements above will apply, worked out from the rows as they
@@ -312,10 +335,12 @@ pub(super) async fn write_health_all(
         return Ok(());
     }
     if db.get_database_backend() != DbBackend::Postgres {
-        for h in all.values() {
-            write_health(db, h).await?;
+        for stmt in sqlite_health(all) {
+            db.execute_raw(stmt).await?;
         }
-    } else {
+        return Ok(());
+    }
+    {
         let rows: Vec<HealthRow<'_>> = all
             .values()
             .map(|h| HealthRow {
@@ -344,14 +369,28 @@ pub(super) async fn write_health_all(
     }
     for h in all.values() {
         if let Some(until) = h.release_held_until {
-            release_held(db, h.destination_id, until).await?;
+            release_held(h.destination_id, until).exec(db).await?;
         }
     }
     Ok(())
 }
 
+/// SQLite: the statements of [`write_health_all`] (for [`crate::db::sqlite_script`], or to run
+/// one by one).
+pub(super) fn sqlite_health(all: &HashMap<Uuid, HealthUpdate>) -> Vec<sea_orm::Statement> {
+    let mut stmts: Vec<_> = all
+        .values()
+        .map(|h| health(h).build(DbBackend::Sqlite))
+        .collect();
+    stmts.extend(all.values().filter_map(|h| {
+        let until = h.release_held_until?;
+        Some(release_held(h.destination_id, until).build(DbBackend::Sqlite))
+    }));
+    stmts
+}
+
 /// SQLite: one destination's health.
-async fn write_health(db: &impl ConnectionTrait, h: &HealthUpdate) -> Result<(), DbErr> {
+fn health(h: &HealthUpdate) -> sea_orm::UpdateMany<destination::Entity> {
     let mut q = destination::Entity::update_many()
         .col_expr(destination::Column::Status, Expr::value(h.health.as_str()))
         .col_expr(
@@ -389,18 +428,14 @@ async fn write_health(db: &impl ConnectionTrait, h: &HealthUpdate) -> Result<(),
     q.filter(destination::Column::Id.eq(h.destination_id))
         .filter(destination::Column::DeletedAt.is_null())
         .filter(destination::Column::Enabled.eq(true))
-        .exec(db)
-        .await?;
-    Ok(())
 }
 
 /// A probe closed the circuit: what the open circuit held back is due now — the deliveries
 /// parked while it was open, and those given back until the probe's reservation ended.
-async fn release_held(
-    db: &impl ConnectionTrait,
+fn release_held(
     destination_id: Uuid,
     until: DateTime<Utc>,
-) -> Result<(), DbErr> {
+) -> sea_orm::UpdateMany<delivery::Entity> {
     let t = now();
     delivery::Entity::update_many()
         .col_expr(delivery::Column::NextAttemptAt, Expr::value(t))
@@ -416,7 +451,4 @@ async fn release_held(
                         .add(delivery::Column::NextAttemptAt.lte(until)),
                 ),
         )
-        .exec(db)
-        .await?;
-    Ok(())
 }

@@ -315,8 +315,21 @@ impl Flush {
         statuses: &[StatusChange],
         want_applied: bool,
     ) -> Result<Vec<bool>, DbErr> {
+        let attempts: Vec<delivery_attempt::Model> =
+            self.finished.iter().map(|f| f.attempt.clone()).collect();
+        if db.get_database_backend() == DbBackend::Sqlite && !want_applied {
+            // The whole flush in one call to SQLite's thread (see `db::sqlite_script`).
+            let mut stmts = bulk::sqlite_inserts::<_, delivery_attempt::ActiveModel>(attempts);
+            stmts.extend(super::store::sqlite_delivery_updates(
+                &self.deliveries,
+                self.at,
+            ));
+            stmts.extend(super::store::sqlite_health(&self.health));
+            stmts.extend(super::rollup::sqlite_upserts(&self.rollups));
+            crate::db::sqlite_script(db, stmts).await?;
+            return Ok(Vec::new());
+        }
         let txn = db.begin().await?;
-        let attempts = self.finished.iter().map(|f| f.attempt.clone()).collect();
         bulk::insert::<_, delivery_attempt::ActiveModel>(&txn, attempts)
             .await
             .map_err(|e| DbErr::Custom(e.detail()))?;

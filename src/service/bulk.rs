@@ -8,7 +8,9 @@
 //! of once per distinct row count (what multi-row `VALUES` lists cost — see BENCHMARKS.md).
 //! SQLite runs in-process, where statements are cheap: it keeps multi-row `VALUES` inserts.
 
-use sea_orm::{ActiveModelTrait, ConnectionTrait, DbBackend, EntityName, EntityTrait, ModelTrait};
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, DbBackend, EntityName, EntityTrait, ModelTrait, QueryTrait,
+};
 use serde::Serialize;
 
 use crate::error::{AppError, AppResult};
@@ -44,12 +46,24 @@ where
         }
         return Ok(());
     }
+    for stmt in sqlite_inserts::<M, A>(rows) {
+        db.execute_raw(stmt).await?;
+    }
+    Ok(())
+}
+
+/// SQLite: the statements that insert `rows` (for [`crate::db::sqlite_script`], or to run one
+/// by one).
+pub fn sqlite_inserts<M, A>(rows: Vec<M>) -> Vec<sea_orm::Statement>
+where
+    M: ModelTrait,
+    A: ActiveModelTrait<Entity = <M as ModelTrait>::Entity> + From<M> + Send,
+{
+    let mut out = Vec::new();
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<A> = rows.by_ref().take(SQLITE_CHUNK).map(A::from).collect();
-        <M as ModelTrait>::Entity::insert_many(chunk)
-            .exec_without_returning(db)
-            .await?;
+        out.push(<M as ModelTrait>::Entity::insert_many(chunk).build(DbBackend::Sqlite));
     }
-    Ok(())
+    out
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use entity::{delivery, event};
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -221,13 +221,9 @@ async fn plan_and_write(
         ));
     }
     let group = plan_group(&db.read, hub, cache, jobs).await?;
-    let txn = db.write.begin().await?;
-    let res = async {
-        insert_plans(&txn, &group.plans).await?;
-        txn.commit().await?;
-        AppResult::Ok(())
-    }
-    .await;
+    let res = crate::db::sqlite_script(&db.write, sqlite_inserts(&group.plans))
+        .await
+        .map_err(AppError::from);
     finish(hub, group, res)
 }
 
@@ -513,12 +509,14 @@ fn column<'a, T, U>(rows: &[&'a T], f: impl Fn(&'a T) -> U) -> Vec<U> {
     rows.iter().map(|r| f(r)).collect()
 }
 
-async fn insert_plans(db: &impl ConnectionTrait, plans: &[Plan]) -> AppResult<()> {
+/// SQLite: a group's events and deliveries, for one script (see [`crate::db::sqlite_script`]).
+fn sqlite_inserts(plans: &[Plan]) -> Vec<sea_orm::Statement> {
     let events: Vec<event::Model> = plans.iter().map(|p| (*p.event).clone()).collect();
     let deliveries: Vec<delivery::Model> = plans
         .iter()
         .flat_map(|p| p.deliveries.iter().cloned())
         .collect();
-    bulk::insert::<_, event::ActiveModel>(db, events).await?;
-    bulk::insert::<_, delivery::ActiveModel>(db, deliveries).await
+    let mut stmts = bulk::sqlite_inserts::<_, event::ActiveModel>(events);
+    stmts.extend(bulk::sqlite_inserts::<_, delivery::ActiveModel>(deliveries));
+    stmts
 }
