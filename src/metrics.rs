@@ -64,6 +64,14 @@ pub async fn render(st: &AppState) -> String {
         tracing::warn!(error = %e, "could not read queue gauges");
     }
     metrics::gauge!("hookline_live_subscribers").set(st.live.subscriber_count() as f64);
+    // The dispatcher's in-memory window (see `dispatch::hub::WINDOW_BYTES`).
+    let hub = &st.hub;
+    metrics::gauge!("hookline_window_deliveries")
+        .set(hub.in_memory.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    metrics::gauge!("hookline_window_bytes").set(
+        hub.in_memory_bytes
+            .load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
     handle().map(|h| h.render()).unwrap_or_default()
 }
 

@@ -26,6 +26,32 @@ use super::claim::Claimed;
 use super::runtime::{DestRuntime, Runtimes};
 use crate::service::now;
 
+/// What the deliveries held in memory (claimed or handed over, not yet finished) may add up to,
+/// in bytes. Each is counted with its event's whole payload and [`DELIVERY_OVERHEAD`], although
+/// the deliveries of one event share its payload: a bound, not an estimate. The window in
+/// deliveries (`max_in_memory`) can then be wide for the common small events — fewer
+/// deliveries go through the queue and its claim — while 256 KiB events still cannot fill
+/// gigabytes. A claim may pass the budget by its last batch (payload sizes are known only
+/// once the events are loaded); hand-overs never do.
+pub const WINDOW_BYTES: usize = 64 << 20;
+
+/// What a delivery held in memory is counted as beside its event's payload (its claim, its
+/// lease entry, the unit's bookkeeping).
+pub const DELIVERY_OVERHEAD: usize = 512;
+
+/// The bytes a delivery of an event with `payload_len` bytes is counted as.
+pub fn cost(payload_len: usize) -> usize {
+    payload_len + DELIVERY_OVERHEAD
+}
+
+/// The bytes `items` are counted as (a delivery whose event is gone: the overhead alone).
+pub fn cost_of(items: &[(Claimed, Option<Arc<event::Model>>)]) -> usize {
+    items
+        .iter()
+        .map(|(_, e)| cost(e.as_ref().map_or(0, |e| e.payload.len())))
+        .sum()
+}
+
 /// Deliveries of one destination, committed and leased to this instance.
 pub struct Handover {
     pub destination: destination::Model,
@@ -48,12 +74,16 @@ pub struct Hub {
     pub runtimes: Runtimes,
     /// Claimed or handed-over deliveries not yet finished, across destinations.
     pub in_memory: AtomicUsize,
+    /// What they are counted as in bytes (see [`WINDOW_BYTES`]).
+    pub in_memory_bytes: AtomicUsize,
     pub finished: Notify,
     /// Ids of the deliveries this instance is working on: only these leases are renewed, so a
     /// claim whose answer was lost (a dropped connection) lapses and returns.
     pub held: Mutex<HashSet<Uuid>>,
     /// Upper bound of `in_memory` (claims and hand-overs stop there).
     pub max_in_memory: usize,
+    /// Upper bound of `in_memory_bytes` (likewise).
+    pub max_in_memory_bytes: usize,
     pub lease: Duration,
     pub instance_id: Arc<str>,
     /// True while a dispatcher runs here and takes hand-overs.
@@ -67,11 +97,18 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(max_in_memory: usize, lease: Duration, instance_id: Arc<str>) -> Self {
+    pub fn new(
+        max_in_memory: usize,
+        max_in_memory_bytes: usize,
+        lease: Duration,
+        instance_id: Arc<str>,
+    ) -> Self {
         let (inbox, rx) = mpsc::unbounded_channel();
         Self {
             runtimes: Runtimes::default(),
             in_memory: AtomicUsize::new(0),
+            in_memory_bytes: AtomicUsize::new(0),
+            max_in_memory_bytes,
             finished: Notify::new(),
             held: Mutex::new(HashSet::new()),
             max_in_memory,
@@ -84,9 +121,10 @@ impl Hub {
         }
     }
 
-    /// Where a new delivery of `d` goes. [`Route::Handover`] raises the counters (undo with
-    /// [`Hub::unreserve`] if the transaction fails).
-    pub fn route(&self, d: &destination::Model) -> Route {
+    /// Where a new delivery of `d`, of an event with `payload_len` bytes, goes.
+    /// [`Route::Handover`] raises the counters (undo with [`Hub::unreserve`] if the transaction
+    /// fails).
+    pub fn route(&self, d: &destination::Model, payload_len: usize) -> Route {
         if !d.enabled || d.deleted_at.is_some() {
             return Route::Queue;
         }
@@ -110,13 +148,14 @@ impl Hub {
             || d.batch_size > 1
             || !self.accepting.load(Ordering::Acquire)
             || self.in_memory.load(Ordering::Relaxed) >= self.max_in_memory
+            || self.in_memory_bytes.load(Ordering::Relaxed) + cost(payload_len)
+                > self.max_in_memory_bytes
             || rt.waiting.load(Ordering::Relaxed) >= rt.waiting_cap()
             || h.gate.is_some_and(|g| g > now())
         {
             return Route::Queue;
         }
-        rt.waiting.fetch_add(1, Ordering::Relaxed);
-        self.in_memory.fetch_add(1, Ordering::Relaxed);
+        self.reserve(&rt, 1, cost(payload_len));
         Route::Handover(rt)
     }
 
@@ -129,11 +168,28 @@ impl Hub {
         self.rules_generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Gives back reservations whose deliveries were not committed.
-    pub fn unreserve(&self, rt: &DestRuntime, n: usize) {
+    /// Counts `n` deliveries of `rt`, `bytes` in all (see [`cost`]), as held in memory.
+    pub fn reserve(&self, rt: &DestRuntime, n: usize, bytes: usize) {
+        rt.waiting.fetch_add(n, Ordering::Relaxed);
+        self.in_memory.fetch_add(n, Ordering::Relaxed);
+        self.in_memory_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Gives back what [`Hub::reserve`] counted: deliveries finished with, or not committed.
+    pub fn unreserve(&self, rt: &DestRuntime, n: usize, bytes: usize) {
         rt.waiting.fetch_sub(n, Ordering::Relaxed);
         self.in_memory.fetch_sub(n, Ordering::Relaxed);
+        self.in_memory_bytes.fetch_sub(bytes, Ordering::Relaxed);
         self.finished.notify_one();
+    }
+
+    /// Whether claims may take more deliveries: how many, at most.
+    pub fn room(&self) -> usize {
+        if self.in_memory_bytes.load(Ordering::Relaxed) >= self.max_in_memory_bytes {
+            return 0;
+        }
+        self.max_in_memory
+            .saturating_sub(self.in_memory.load(Ordering::Relaxed))
     }
 
     /// Passes committed, leased deliveries to the dispatcher. If it has stopped meanwhile,
@@ -145,7 +201,7 @@ impl Hub {
             .extend(h.items.iter().map(|(c, _)| c.id));
         if let Err(mpsc::error::SendError(h)) = self.inbox.send(h) {
             self.forget_all(h.items.iter().map(|(c, _)| c.id));
-            self.unreserve(&h.runtime, h.items.len());
+            self.unreserve(&h.runtime, h.items.len(), cost_of(&h.items));
         }
     }
 
@@ -170,5 +226,57 @@ impl Hub {
     /// No more hand-overs: new deliveries go through the queue.
     pub(super) fn close(&self) {
         self.accepting.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{DELIVERY_OVERHEAD, Hub, Route, cost};
+
+    fn handed(r: Route) -> bool {
+        matches!(r, Route::Handover(_))
+    }
+
+    #[test]
+    fn hand_overs_stop_at_the_byte_budget_and_resume_when_it_is_given_back() {
+        // Room for 100 deliveries, but only 10 000 bytes.
+        let hub = Hub::new(100, 10_000, Duration::from_secs(30), Arc::from("i"));
+        let _inbox = hub.open().expect("inbox");
+        let d = crate::service::test_destination();
+        let payload = 2_500;
+        assert!(handed(hub.route(&d, payload)));
+        assert!(handed(hub.route(&d, payload)));
+        assert!(handed(hub.route(&d, payload)));
+        assert_eq!(
+            hub.in_memory_bytes.load(super::Ordering::Relaxed),
+            3 * cost(payload)
+        );
+        // A fourth would pass 10 000 bytes: the queue takes it, and claims take nothing more.
+        assert!(matches!(hub.route(&d, payload), Route::Queue));
+        assert!(handed(
+            hub.route(&d, 10_000 - 3 * cost(payload) - DELIVERY_OVERHEAD)
+        ));
+        assert_eq!(hub.in_memory_bytes.load(super::Ordering::Relaxed), 10_000);
+        assert_eq!(hub.room(), 0, "no claims while the byte budget is spent");
+        let rt = hub.runtimes.get(&d);
+        hub.unreserve(&rt, 2, 2 * cost(payload));
+        assert!(hub.room() > 0);
+        assert!(handed(hub.route(&d, payload)));
+        assert_eq!(hub.in_memory.load(super::Ordering::Relaxed), 3);
+        assert_eq!(rt.waiting.load(super::Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn the_count_still_bounds_small_deliveries() {
+        let hub = Hub::new(2, 1 << 20, Duration::from_secs(30), Arc::from("i"));
+        let _inbox = hub.open().expect("inbox");
+        let d = crate::service::test_destination();
+        assert!(handed(hub.route(&d, 10)));
+        assert!(handed(hub.route(&d, 10)));
+        assert!(matches!(hub.route(&d, 10), Route::Queue));
+        assert_eq!(hub.room(), 0);
     }
 }

@@ -91,9 +91,10 @@ impl Engine {
             .remove(&id);
     }
 
-    /// Bookkeeping once a claimed delivery is finished with, whatever happened to it.
-    pub fn done(&self, rt: &runtime::DestRuntime, n: usize) {
-        self.hub.unreserve(rt, n);
+    /// Bookkeeping once claimed deliveries are finished with, whatever happened to them: `n`
+    /// of them, counted as `bytes` (see [`hub::cost_of`]).
+    pub fn done(&self, rt: &runtime::DestRuntime, n: usize, bytes: usize) {
+        self.hub.unreserve(rt, n, bytes);
     }
 }
 
@@ -159,9 +160,7 @@ async fn run(engine: Arc<Engine>) {
                 Err(e) => tracing::warn!(error = %e, "unparking recovered destinations failed"),
             }
         }
-        let room = hub
-            .max_in_memory
-            .saturating_sub(hub.in_memory.load(Ordering::Relaxed));
+        let room = hub.room();
         if room == 0 {
             tokio::select! {
                 _ = hub.finished.notified() => {}
@@ -244,8 +243,7 @@ fn start_groups(
             continue;
         };
         let rt = hub.runtimes.get(&d);
-        rt.waiting.fetch_add(items.len(), Ordering::Relaxed);
-        hub.in_memory.fetch_add(items.len(), Ordering::Relaxed);
+        hub.reserve(&rt, items.len(), hub::cost_of(&items));
         groups.spawn(unit::handle_group(engine.clone(), rt, d, items));
     }
 }

@@ -30,13 +30,14 @@ pub(super) async fn handle_group(
     items: Vec<Item>,
 ) {
     let n = items.len();
+    let bytes = super::hub::cost_of(&items);
     // Secrets are opened once per group; the sender gets them in the clear.
     if let Err(e) = crate::service::destinations::unseal(&mut d, &engine.state.cipher) {
         tracing::error!(destination = %d.id, error = %e.detail(), "cannot open destination secrets");
         for (c, _) in &items {
             engine.release(c, Some(now() + TimeDelta::seconds(60)));
         }
-        engine.done(&rt, n);
+        engine.done(&rt, n, bytes);
         return;
     }
     let t = now();
@@ -55,7 +56,7 @@ pub(super) async fn handle_group(
         }
     }
     if live.is_empty() {
-        engine.done(&rt, n);
+        engine.done(&rt, n, bytes);
         return;
     }
     let h = rt.health();
@@ -70,17 +71,17 @@ pub(super) async fn handle_group(
                 hold_back(&engine, &rt, &d, c, gate);
             }
         }
-        engine.done(&rt, n);
+        engine.done(&rt, n, bytes);
         return;
     }
     if let Some(deadline) = batch_deadline(&rt, &d, &live, t) {
         for (c, _) in &live {
             engine.release(c, Some(deadline));
         }
-        engine.done(&rt, n);
+        engine.done(&rt, n, bytes);
         return;
     }
-    engine.done(&rt, n - live.len());
+    engine.done(&rt, n - live.len(), bytes - super::hub::cost_of(&live));
     let size = d.batch_size.max(1) as usize;
     let mut units: Vec<Vec<Item>> = Vec::new();
     let mut it = live.into_iter().peekable();
@@ -202,6 +203,7 @@ async fn admit_or_wait(
 
 async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, unit: Vec<Item>) {
     let n = unit.len();
+    let bytes = super::hub::cost_of(&unit);
     let st = &engine.state;
     // Permits: the destination's own limit first, so a slow destination queues on itself
     // and never holds global capacity while it waits.
@@ -221,7 +223,7 @@ async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, un
         for (c, _) in &unit {
             engine.release(c, Some(now()));
         }
-        engine.done(rt, n);
+        engine.done(rt, n, bytes);
         return;
     };
     let probe = match admit_or_wait(rt, &st.shutdown).await {
@@ -229,7 +231,7 @@ async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, un
             for (c, _) in &unit {
                 hold_back(engine, rt, d, c, t);
             }
-            engine.done(rt, n);
+            engine.done(rt, n, bytes);
             return;
         }
         Ok(probe) => probe,
@@ -282,7 +284,7 @@ async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, un
             .store(false, std::sync::atomic::Ordering::Release);
         rt.probe_done.notify_waiters();
     }
-    engine.done(rt, n);
+    engine.done(rt, n, bytes);
 }
 
 /// The message id and body of one request: a single event in the destination's format, or a

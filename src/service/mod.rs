@@ -25,3 +25,15 @@ pub fn now() -> DateTime<Utc> {
 pub fn new_id() -> Uuid {
     Uuid::now_v7()
 }
+
+/// A destination row as `createDestination` would make it with its defaults, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_destination() -> entity::destination::Model {
+    let p = crate::auth::Principal {
+        tenant: "t".into(),
+        subject: "test".into(),
+        scopes: crate::auth::Scopes::parse("admin"),
+        expires_at: i64::MAX,
+    };
+    destination_settings::defaults(&p, "d".into(), "http://127.0.0.1:9/hook".into())
+}

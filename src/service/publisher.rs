@@ -247,8 +247,11 @@ fn finish(hub: &Hub, group: Group<'_>, res: AppResult<()>) -> AppResult<Written>
 impl Group<'_> {
     /// Gives back the room reserved for deliveries that were not written after all.
     fn unreserve(&self, hub: &Hub) {
-        for rt in self.plans.iter().flat_map(|p| &p.handed).flatten() {
-            hub.unreserve(rt, 1);
+        for p in &self.plans {
+            let cost = crate::dispatch::hub::cost(p.event.payload.len());
+            for rt in p.handed.iter().flatten() {
+                hub.unreserve(rt, 1, cost);
+            }
         }
     }
 }
@@ -302,7 +305,7 @@ async fn plan_group<'a>(
             let route = r
                 .dests
                 .get(&dl.destination_id)
-                .map_or(Route::Queue, |d| hub.route(d));
+                .map_or(Route::Queue, |d| hub.route(d, job.event.payload.len()));
             let handed = match route {
                 Route::Handover(rt) => {
                     dl.status = "DELIVERING".into();
@@ -355,7 +358,7 @@ fn hand_over(hub: &Hub, routes: &HashMap<&str, Arc<Routes>>, plans: Vec<Plan>) {
             else {
                 // Cannot happen (the route was chosen from this row); if it did, the lease
                 // would bring the delivery back.
-                hub.unreserve(&rt, 1);
+                hub.unreserve(&rt, 1, crate::dispatch::hub::cost(p.event.payload.len()));
                 continue;
             };
             by_dest

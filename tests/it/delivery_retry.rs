@@ -401,6 +401,7 @@ both!(
             Arc::from("writer-test"),
             Arc::new(Hub::new(
                 100,
+                hookline::dispatch::hub::WINDOW_BYTES,
                 Duration::from_secs(30),
                 Arc::from("writer-test"),
             )),

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::both;
 use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,6 +50,8 @@ async fn metrics_expose_deliveries_queue_and_errors() {
         "hookline_graphql_request_duration_seconds_bucket",
         "hookline_graphql_errors_total{code=\"BAD_USER_INPUT\"}",
         "hookline_live_subscribers",
+        "hookline_window_deliveries",
+        "hookline_window_bytes",
     ] {
         assert!(text.contains(name), "missing {name} in:\n{text}");
     }
@@ -222,3 +225,64 @@ async fn loopback_postgres_goes_without_tls_unless_the_url_asks() {
     plain.write.close_by_ref().await.ok();
     asked.write.close_by_ref().await.ok();
 }
+
+/// One gauge's value in a Prometheus text page.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+// The dispatcher's in-memory window counts deliveries and their payload bytes from the moment
+// a publish hands them over or a claim takes them until they are finished with. Every path out
+// — success, a failure that waits for its retry, a final failure — gives back exactly what was
+// counted: after a run through hand-overs and claims, with payloads of different sizes, both
+// counts are back at zero (a leak would leave them above; an excess would wrap them around).
+// Claims are certain here: `maxConcurrency` 1 makes the window 32 deliveries and sends one
+// request at a time, 20 ms each to the good receiver, while its 42 deliveries are published in
+// one burst. (The metrics registry is the process's, shared by the tests' servers: each
+// server sets these two gauges from its own window as it renders, and the test retries.)
+both!(window_counts_return_to_zero, |backend| async move {
+    let s = Server::start_with(backend, |cfg| cfg.dispatch.max_concurrency = 1).await;
+    let t = s.token("window", "admin");
+    let ok = Receiver::start().await;
+    ok.set(Behavior {
+        status: 204,
+        delay: Duration::from_millis(20),
+        ..Behavior::default()
+    });
+    let bad = Receiver::start().await;
+    bad.status(500);
+    let good = create_destination(&s, &t, json!({"url": ok.url()})).await;
+    // Two events, two attempts each: four failures, one short of opening its circuit.
+    let failing = create_destination(
+        &s,
+        &t,
+        json!({"url": bad.url(), "retrySchedule": [1], "maxAttempts": 2,
+               "eventTypes": ["w.bad"]}),
+    )
+    .await;
+    let mut pubs = Vec::new();
+    for i in 0..42 {
+        let blob = "x".repeat(if i % 2 == 0 { 50 } else { 20_000 });
+        let ty = if i < 40 { "w.e" } else { "w.bad" };
+        pubs.push(publish(&s, &t, ty, json!({"i": i, "blob": blob})));
+    }
+    futures_util::future::join_all(pubs).await;
+    wait_status(&s, &t, &good, 42, "SUCCEEDED", Duration::from_secs(30)).await;
+    wait_status(&s, &t, &failing, 2, "FAILED", Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(10), "an empty window", || async {
+        let text = s
+            .http
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (gauge(&text, "hookline_window_deliveries") == Some(0.0)
+            && gauge(&text, "hookline_window_bytes") == Some(0.0))
+        .then_some(())
+    })
+    .await;
+});
