@@ -27,15 +27,7 @@ async fn metrics_expose_deliveries_queue_and_errors() {
         Duration::from_secs(10),
         "metrics with the attempt",
         || async {
-            let text = s
-                .http
-                .get(s.url("/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let text = metrics_text(&s).await?;
             text.contains("hookline_attempts_total{outcome=\"success\"}")
                 .then_some(text)
         },
@@ -226,6 +218,18 @@ async fn loopback_postgres_goes_without_tls_unless_the_url_asks() {
     asked.write.close_by_ref().await.ok();
 }
 
+/// The server's `/metrics` page, if it answers.
+async fn metrics_text(s: &Server) -> Option<String> {
+    s.http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
 /// One gauge's value in a Prometheus text page.
 fn gauge(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -271,15 +275,7 @@ both!(window_counts_return_to_zero, |backend| async move {
     wait_status(&s, &t, &good, 42, "SUCCEEDED", Duration::from_secs(30)).await;
     wait_status(&s, &t, &failing, 2, "FAILED", Duration::from_secs(30)).await;
     eventually(Duration::from_secs(10), "an empty window", || async {
-        let text = s
-            .http
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = metrics_text(&s).await?;
         (gauge(&text, "hookline_window_deliveries") == Some(0.0)
             && gauge(&text, "hookline_window_bytes") == Some(0.0))
         .then_some(())
