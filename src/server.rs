@@ -81,7 +81,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<(AppState, Started)> {
     let instance_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
     let sender = HttpSender::new(config.allow_private_targets)?;
     let hub = Arc::new(crate::dispatch::hub::Hub::new(
-        config.dispatch.max_concurrency * 32,
+        config.dispatch.max_concurrency * 128,
         crate::dispatch::hub::WINDOW_BYTES,
         config.dispatch.lease,
         instance_id.clone(),

@@ -82,7 +82,7 @@ impl DestRuntime {
 
     /// How many claimed deliveries may wait here before claims skip this destination.
     pub fn waiting_cap(&self) -> usize {
-        (self.max_in_flight * 16).max(self.batch_size * 2).max(4)
+        (self.max_in_flight * 64).max(self.batch_size * 2).max(4)
     }
 }
 

@@ -241,8 +241,8 @@ fn gauge(text: &str, name: &str) -> Option<f64> {
 // — success, a failure that waits for its retry, a final failure — gives back exactly what was
 // counted: after a run through hand-overs and claims, with payloads of different sizes, both
 // counts are back at zero (a leak would leave them above; an excess would wrap them around).
-// Claims are certain here: `maxConcurrency` 1 makes the window 32 deliveries and sends one
-// request at a time, 20 ms each to the good receiver, while its 42 deliveries are published in
+// Claims are certain here: `maxConcurrency` 1 makes the window 128 deliveries and sends one
+// request at a time, 5 ms each to the good receiver, while its 162 deliveries are published in
 // one burst. (The metrics registry is the process's, shared by the tests' servers: each
 // server sets these two gauges from its own window as it renders, and the test retries.)
 both!(window_counts_return_to_zero, |backend| async move {
@@ -251,12 +251,12 @@ both!(window_counts_return_to_zero, |backend| async move {
     let ok = Receiver::start().await;
     ok.set(Behavior {
         status: 204,
-        delay: Duration::from_millis(20),
+        delay: Duration::from_millis(5),
         ..Behavior::default()
     });
     let bad = Receiver::start().await;
     bad.status(500);
-    let good = create_destination(&s, &t, json!({"url": ok.url()})).await;
+    create_destination(&s, &t, json!({"url": ok.url()})).await;
     // Two events, two attempts each: four failures, one short of opening its circuit.
     let failing = create_destination(
         &s,
@@ -266,13 +266,13 @@ both!(window_counts_return_to_zero, |backend| async move {
     )
     .await;
     let mut pubs = Vec::new();
-    for i in 0..42 {
+    for i in 0..162 {
         let blob = "x".repeat(if i % 2 == 0 { 50 } else { 20_000 });
-        let ty = if i < 40 { "w.e" } else { "w.bad" };
+        let ty = if i < 160 { "w.e" } else { "w.bad" };
         pubs.push(publish(&s, &t, ty, json!({"i": i, "blob": blob})));
     }
     futures_util::future::join_all(pubs).await;
-    wait_status(&s, &t, &good, 42, "SUCCEEDED", Duration::from_secs(30)).await;
+    ok.wait_for(162, Duration::from_secs(30)).await;
     wait_status(&s, &t, &failing, 2, "FAILED", Duration::from_secs(30)).await;
     eventually(Duration::from_secs(10), "an empty window", || async {
         let text = metrics_text(&s).await?;
