@@ -300,12 +300,15 @@ async fn plan_group<'a>(
         }
         let r = &*routes[job.tenant.as_str()];
         let mut plan = plan(&job.tenant, &job.event, &r.rules, t);
-        // Deliveries the dispatcher here has room for are leased to it now.
+        // Deliveries the dispatcher here has room for are leased to it now, each counted
+        // against its window as the event it will carry (what `unreserve` and the
+        // dispatcher's `hub::cost_of` give back).
+        let payload_len = plan.event.payload.len();
         for dl in &mut plan.deliveries {
             let route = r
                 .dests
                 .get(&dl.destination_id)
-                .map_or(Route::Queue, |d| hub.route(d, job.event.payload.len()));
+                .map_or(Route::Queue, |d| hub.route(d, payload_len));
             let handed = match route {
                 Route::Handover(rt) => {
                     dl.status = "DELIVERING".into();
