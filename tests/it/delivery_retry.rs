@@ -544,3 +544,179 @@ both!(
         writer.close().await;
     }
 );
+
+/// Every scan of `delivery` in a PostgreSQL `EXPLAIN (ANALYZE, FORMAT JSON)` plan: the rows it
+/// produced plus the rows it read and threw away.
+fn delivery_rows_read(plan: &serde_json::Value) -> f64 {
+    let mut n = 0.0;
+    if plan["Relation Name"] == "delivery" {
+        let loops = plan["Actual Loops"].as_f64().unwrap_or(1.0);
+        for k in [
+            "Actual Rows",
+            "Rows Removed by Filter",
+            "Rows Removed by Join Filter",
+        ] {
+            n += plan[k].as_f64().unwrap_or(0.0) * loops;
+        }
+    }
+    for p in plan["Plans"].as_array().into_iter().flatten() {
+        n += delivery_rows_read(p);
+    }
+    n
+}
+
+// The sweep that catches parks racing a circuit's recovery: it makes due the parked deliveries
+// of a destination that is no longer failing, and of an ordered one; it leaves a failing
+// destination's parked deliveries alone, and deliveries that merely wait for a retry. It runs
+// every 5 s beside a failing destination's backlog, so on PostgreSQL it must read at most one
+// parked delivery per destination that has any, with statistics or without (the earlier query
+// read a failing destination's whole parked backlog on every sweep once the planner's
+// statistics were stale).
+both!(
+    sweep_unparks_only_recovered_destinations,
+    |backend| async move {
+        use hookline::dispatch::claim;
+        use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+        let s = Server::start(backend).await;
+        let tok = s.token("acme", "admin");
+        let rx = Receiver::start().await;
+        rx.status(500);
+        let mut dests = Vec::new();
+        for ordered in [false, false, false, true] {
+            let input = json!({"url": rx.url(), "retrySchedule": [3600], "maxAttempts": 5,
+                           "ordered": ordered});
+            dests.push(create_destination(&s, &tok, input).await);
+        }
+        for i in 0..3 {
+            publish(&s, &tok, "job.done", json!({"i": i})).await;
+        }
+        for d in &dests[..3] {
+            wait_status(&s, &tok, d, 3, "AWAITING_RETRY", T).await;
+        }
+        // The ordered destination's head waits for its retry; the two behind it wait their turn.
+        wait_deliveries(&s, &tok, &dests[3], 3, T, |d| {
+            d["status"] == "PENDING" || (d["status"] == "AWAITING_RETRY" && d["attemptCount"] == 1)
+        })
+        .await;
+        let db = s.stop().await;
+        let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
+        let w = &conn.write;
+        let be = w.get_database_backend();
+        let id = |i: usize| -> uuid::Uuid { dests[i].parse().unwrap() };
+        let exec = |sql: &'static str, values: Vec<sea_orm::Value>| async move {
+            w.execute_raw(hookline::db::raw(be, sql, values))
+                .await
+                .unwrap();
+        };
+        // 0: recovered (ACTIVE) with parked deliveries; 1: failing, parked; 2: ACTIVE, waiting for
+        // retries an hour away; 3: ordered and failing, parked.
+        for (i, status) in [(0, "ACTIVE"), (1, "FAILING"), (2, "ACTIVE"), (3, "FAILING")] {
+            exec(
+                "UPDATE destination SET status = $1 WHERE id = $2",
+                vec![status.into(), id(i).into()],
+            )
+            .await;
+        }
+        for i in [0, 1, 3] {
+            exec(
+                "UPDATE delivery SET next_attempt_at = NULL WHERE destination_id = $1",
+                vec![id(i).into()],
+            )
+            .await;
+        }
+        if be == DbBackend::Postgres {
+            // A failing destination with a backlog worth the name.
+            exec(
+            "INSERT INTO delivery (id, tenant_id, event_id, destination_id, event_type, status, \
+             attempt_count, created_at) SELECT gen_random_uuid(), tenant_id, event_id, \
+             destination_id, event_type, 'PENDING', 0, created_at FROM delivery, \
+             generate_series(1, 2000) WHERE destination_id = $1",
+            vec![id(1).into()],
+        )
+        .await;
+        }
+        let sql = claim::parked_destinations_sql(be);
+        let check_plan = |parked_dests: f64| {
+            let sql = sql.clone();
+            async move {
+                match be {
+                    DbBackend::Postgres => {
+                        let row = w
+                            .query_one_raw(Statement::from_string(
+                                be,
+                                format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}"),
+                            ))
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        let plan: serde_json::Value = row.try_get("", "QUERY PLAN").unwrap();
+                        // One probe per such destination and a last one that finds none; each
+                        // yields at most one row (PostgreSQL rounds rows per loop up to 1).
+                        let read = delivery_rows_read(&plan[0]["Plan"]);
+                        assert!(
+                            read <= parked_dests + 1.0,
+                            "the sweep read {read} delivery rows for {parked_dests} destinations \
+                         with parked deliveries: {plan:#}"
+                        );
+                    }
+                    _ => {
+                        let rows = w
+                            .query_all_raw(Statement::from_string(
+                                be,
+                                format!("EXPLAIN QUERY PLAN {sql}"),
+                            ))
+                            .await
+                            .unwrap();
+                        let steps: Vec<String> = rows
+                            .iter()
+                            .map(|r| r.try_get::<String>("", "detail").unwrap())
+                            .filter(|d| d.contains(" p "))
+                            .collect();
+                        assert_eq!(steps.len(), 2, "{steps:?}");
+                        assert!(
+                            steps
+                                .iter()
+                                .all(|d| d.contains("INDEX idx_delivery_parked")),
+                            "{steps:?}"
+                        );
+                    }
+                }
+            }
+        };
+        // Statistics from when the table was small (none at all on a fresh database), then fresh.
+        check_plan(3.0).await;
+        if be == DbBackend::Postgres {
+            exec("ANALYZE delivery", vec![]).await;
+            check_plan(3.0).await;
+        }
+
+        assert_eq!(claim::unpark_recovered(w).await.unwrap(), 6);
+        let count = |sql: &'static str, values: Vec<sea_orm::Value>| async move {
+            let row = w
+                .query_one_raw(hookline::db::raw(be, sql, values))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get_by_index::<i64>(0).unwrap()
+        };
+        let parked = "SELECT COUNT(*) FROM delivery WHERE destination_id = $1 \
+                  AND next_attempt_at IS NULL AND completed_at IS NULL";
+        let failing_backlog = if be == DbBackend::Postgres { 6003 } else { 3 };
+        let parked_of = |i: usize| count(parked, vec![id(i).into()]);
+        assert_eq!(parked_of(0).await, 0, "recovered: unparked");
+        assert_eq!(parked_of(1).await, failing_backlog, "failing: still parked");
+        assert_eq!(parked_of(3).await, 0, "ordered: unparked");
+        let later =
+            "SELECT COUNT(*) FROM delivery WHERE destination_id = $1 AND next_attempt_at > $2";
+        let in_half_an_hour = chrono::Utc::now() + chrono::TimeDelta::minutes(30);
+        assert_eq!(
+            count(later, vec![id(2).into(), in_half_an_hour.into()]).await,
+            3,
+            "waiting deliveries keep their retry time"
+        );
+        // Nothing left to unpark; the failing destination's backlog is still not read.
+        check_plan(1.0).await;
+        assert_eq!(claim::unpark_recovered(w).await.unwrap(), 0);
+    }
+);
