@@ -565,13 +565,24 @@ fn delivery_rows_read(plan: &serde_json::Value) -> f64 {
     n
 }
 
+/// How many sequential scans of `delivery` a PostgreSQL `EXPLAIN (FORMAT JSON)` plan holds.
+fn delivery_seq_scans(plan: &serde_json::Value) -> usize {
+    let own = usize::from(plan["Relation Name"] == "delivery" && plan["Node Type"] == "Seq Scan");
+    own + plan["Plans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(delivery_seq_scans)
+        .sum::<usize>()
+}
+
 // The sweep that catches parks racing a circuit's recovery: it makes due the parked deliveries
 // of a destination that is no longer failing, and of an ordered one; it leaves a failing
 // destination's parked deliveries alone, and deliveries that merely wait for a retry. It runs
 // every 5 s beside a failing destination's backlog, so on PostgreSQL it must read at most one
 // parked delivery per destination that has any, with statistics or without (the earlier query
 // read a failing destination's whole parked backlog on every sweep once the planner's
-// statistics were stale).
+// statistics were stale). The probe's claim of one parked delivery is held to the same.
 both!(
     sweep_unparks_only_recovered_destinations,
     |backend| async move {
@@ -626,6 +637,16 @@ both!(
             .await;
         }
         if be == DbBackend::Postgres {
+            // History stored before the backlog: finished deliveries of another destination.
+            exec(
+                "INSERT INTO delivery (id, tenant_id, event_id, destination_id, event_type, \
+                 status, attempt_count, created_at, completed_at) SELECT gen_random_uuid(), \
+                 tenant_id, event_id, destination_id, event_type, 'SUCCEEDED', 1, created_at, \
+                 CURRENT_TIMESTAMP FROM delivery, generate_series(1, 2000) \
+                 WHERE destination_id = $1",
+                vec![id(2).into()],
+            )
+            .await;
             // A failing destination with a backlog worth the name.
             exec(
             "INSERT INTO delivery (id, tenant_id, event_id, destination_id, event_type, status, \
@@ -718,5 +739,58 @@ both!(
         // Nothing left to unpark; the failing destination's backlog is still not read.
         check_plan(1.0).await;
         assert_eq!(claim::unpark_recovered(w).await.unwrap(), 0);
+
+        // The probe's claim takes one parked delivery of its destination through
+        // `idx_delivery_parked`. With statistics showing the failing destination's rows as
+        // many, the plain `LIMIT 1` form was a sequential scan, which reads whatever history
+        // is stored before the first parked row.
+        let lease = chrono::Utc::now() + chrono::TimeDelta::minutes(1);
+        let claim_sql = claim::claim_parked_sql(be);
+        if be == DbBackend::Postgres {
+            let row = w
+                .query_one_raw(hookline::db::raw(
+                    be,
+                    &format!("EXPLAIN (ANALYZE, FORMAT JSON) {claim_sql}"),
+                    vec![lease.into(), "test".into(), id(1).into()],
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            let plan: serde_json::Value = row.try_get("", "QUERY PLAN").unwrap();
+            // The update, the row it updates, the parked row found: one each. (Where a
+            // sequential scan meets a parked row depends on the heap's order; here it meets
+            // one early, so the scan itself is what the check looks for.)
+            let read = delivery_rows_read(&plan[0]["Plan"]);
+            let seq = delivery_seq_scans(&plan[0]["Plan"]);
+            assert!(
+                read <= 3.0 && seq == 0,
+                "the probe's claim read {read} delivery rows, {seq} by sequential scan: {plan:#}"
+            );
+        } else {
+            let rows = w
+                .query_all_raw(hookline::db::raw(
+                    be,
+                    &format!("EXPLAIN QUERY PLAN {claim_sql}"),
+                    vec![lease.into(), "test".into(), id(1).into()],
+                ))
+                .await
+                .unwrap();
+            let details: Vec<String> = rows
+                .iter()
+                .map(|r| r.try_get::<String>("", "detail").unwrap())
+                .collect();
+            assert!(
+                details
+                    .iter()
+                    .any(|d| d.contains("INDEX idx_delivery_parked")),
+                "{details:?}"
+            );
+        }
+        let c = claim::claim_parked(w, "test", id(1), lease).await.unwrap();
+        assert_eq!(c.map(|c| c.destination_id), Some(id(1)));
+        for i in [0, 2, 3] {
+            let c = claim::claim_parked(w, "test", id(i), lease).await.unwrap();
+            assert!(c.is_none(), "destination {i} has nothing parked: {c:?}");
+        }
     }
 );
