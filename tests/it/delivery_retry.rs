@@ -565,6 +565,41 @@ fn delivery_rows_read(plan: &serde_json::Value) -> f64 {
     n
 }
 
+/// A statement's plan: PostgreSQL's `EXPLAIN (ANALYZE, FORMAT JSON)` (which runs it), or the
+/// steps of SQLite's `EXPLAIN QUERY PLAN`.
+enum Plan {
+    Pg(serde_json::Value),
+    Sqlite(Vec<String>),
+}
+
+async fn explain(
+    db: &impl sea_orm::ConnectionTrait,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> Plan {
+    let be = db.get_database_backend();
+    if be == sea_orm::DbBackend::Postgres {
+        let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}");
+        let row = db
+            .query_one_raw(hookline::db::raw(be, &explain, values))
+            .await
+            .unwrap()
+            .unwrap();
+        Plan::Pg(row.try_get("", "QUERY PLAN").unwrap())
+    } else {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let rows = db
+            .query_all_raw(hookline::db::raw(be, &explain, values))
+            .await
+            .unwrap();
+        Plan::Sqlite(
+            rows.iter()
+                .map(|r| r.try_get::<String>("", "detail").unwrap())
+                .collect(),
+        )
+    }
+}
+
 /// How many sequential scans of `delivery` a PostgreSQL `EXPLAIN (FORMAT JSON)` plan holds.
 fn delivery_seq_scans(plan: &serde_json::Value) -> usize {
     let own = usize::from(plan["Relation Name"] == "delivery" && plan["Node Type"] == "Seq Scan");
@@ -587,7 +622,7 @@ both!(
     sweep_unparks_only_recovered_destinations,
     |backend| async move {
         use hookline::dispatch::claim;
-        use sea_orm::{ConnectionTrait, DbBackend, Statement};
+        use sea_orm::{ConnectionTrait, DbBackend};
 
         let s = Server::start(backend).await;
         let tok = s.token("acme", "admin");
@@ -661,39 +696,20 @@ both!(
         let check_plan = |parked_dests: f64| {
             let sql = sql.clone();
             async move {
-                match be {
-                    DbBackend::Postgres => {
-                        let row = w
-                            .query_one_raw(Statement::from_string(
-                                be,
-                                format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}"),
-                            ))
-                            .await
-                            .unwrap()
-                            .unwrap();
-                        let plan: serde_json::Value = row.try_get("", "QUERY PLAN").unwrap();
+                match explain(w, &sql, vec![]).await {
+                    Plan::Pg(plan) => {
                         // One probe per such destination and a last one that finds none; each
                         // yields at most one row (PostgreSQL rounds rows per loop up to 1).
                         let read = delivery_rows_read(&plan[0]["Plan"]);
                         assert!(
                             read <= parked_dests + 1.0,
                             "the sweep read {read} delivery rows for {parked_dests} destinations \
-                         with parked deliveries: {plan:#}"
+                             with parked deliveries: {plan:#}"
                         );
                     }
-                    _ => {
-                        let rows = w
-                            .query_all_raw(Statement::from_string(
-                                be,
-                                format!("EXPLAIN QUERY PLAN {sql}"),
-                            ))
-                            .await
-                            .unwrap();
-                        let steps: Vec<String> = rows
-                            .iter()
-                            .map(|r| r.try_get::<String>("", "detail").unwrap())
-                            .filter(|d| d.contains(" p "))
-                            .collect();
+                    Plan::Sqlite(steps) => {
+                        let steps: Vec<&String> =
+                            steps.iter().filter(|d| d.contains(" p ")).collect();
                         assert_eq!(steps.len(), 2, "{steps:?}");
                         assert!(
                             steps
@@ -746,45 +762,31 @@ both!(
         // is stored before the first parked row.
         let lease = chrono::Utc::now() + chrono::TimeDelta::minutes(1);
         let claim_sql = claim::claim_parked_sql(be);
-        if be == DbBackend::Postgres {
-            let row = w
-                .query_one_raw(hookline::db::raw(
-                    be,
-                    &format!("EXPLAIN (ANALYZE, FORMAT JSON) {claim_sql}"),
-                    vec![lease.into(), "test".into(), id(1).into()],
-                ))
-                .await
-                .unwrap()
-                .unwrap();
-            let plan: serde_json::Value = row.try_get("", "QUERY PLAN").unwrap();
-            // The update, the row it updates, the parked row found: one each. (Where a
-            // sequential scan meets a parked row depends on the heap's order; here it meets
-            // one early, so the scan itself is what the check looks for.)
-            let read = delivery_rows_read(&plan[0]["Plan"]);
-            let seq = delivery_seq_scans(&plan[0]["Plan"]);
-            assert!(
-                read <= 3.0 && seq == 0,
-                "the probe's claim read {read} delivery rows, {seq} by sequential scan: {plan:#}"
-            );
-        } else {
-            let rows = w
-                .query_all_raw(hookline::db::raw(
-                    be,
-                    &format!("EXPLAIN QUERY PLAN {claim_sql}"),
-                    vec![lease.into(), "test".into(), id(1).into()],
-                ))
-                .await
-                .unwrap();
-            let details: Vec<String> = rows
-                .iter()
-                .map(|r| r.try_get::<String>("", "detail").unwrap())
-                .collect();
-            assert!(
-                details
+        match explain(
+            w,
+            &claim_sql,
+            vec![lease.into(), "test".into(), id(1).into()],
+        )
+        .await
+        {
+            Plan::Pg(plan) => {
+                // The update, the row it updates, the parked row found: one each. (Where a
+                // sequential scan meets a parked row depends on the heap's order; here it
+                // meets one early, so the scan itself is what the check looks for.)
+                let read = delivery_rows_read(&plan[0]["Plan"]);
+                let seq = delivery_seq_scans(&plan[0]["Plan"]);
+                assert!(
+                    read <= 3.0 && seq == 0,
+                    "the probe's claim read {read} delivery rows, {seq} by sequential scan: \
+                     {plan:#}"
+                );
+            }
+            Plan::Sqlite(steps) => assert!(
+                steps
                     .iter()
                     .any(|d| d.contains("INDEX idx_delivery_parked")),
-                "{details:?}"
-            );
+                "{steps:?}"
+            ),
         }
         let c = claim::claim_parked(w, "test", id(1), lease).await.unwrap();
         assert_eq!(c.map(|c| c.destination_id), Some(id(1)));
