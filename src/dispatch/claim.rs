@@ -204,9 +204,9 @@ pub fn claim_parked_sql(backend: DbBackend) -> String {
 /// The probe that closes a circuit does this for its destination; this catches the parks that
 /// raced with it (a publish that saw the circuit open and committed after it closed).
 ///
-/// Runs every 5 s (`SWEEP_EVERY` of the claim loop), beside a failing destination's parked backlog, so its
-/// cost must not grow with that backlog whatever the planner believes about the table. See
-/// [`parked_destinations_sql`].
+/// Runs every 5 s (`SWEEP_EVERY` of the claim loop), beside a failing destination's parked
+/// backlog, so its cost must not grow with that backlog whatever the planner believes about the
+/// table. See [`parked_destinations_sql`].
 pub async fn unpark_recovered(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
     let backend = db.get_database_backend();
     let rows = db
