@@ -10,21 +10,10 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 use uuid::Uuid;
 
 use crate::db::raw;
-use crate::service::now;
+use crate::service::{now, uuid_floor};
 use crate::state::AppState;
 
 const BATCH: i64 = 1000;
-
-/// The smallest UUIDv7 of a millisecond: every id created before `t` sorts below it, so the
-/// primary key index finds old rows without a timestamp index.
-pub fn uuid_floor(t: DateTime<Utc>) -> Uuid {
-    let ms = t.timestamp_millis().max(0) as u64;
-    let mut b = [0u8; 16];
-    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    b[6] = 0x70;
-    b[8] = 0x80;
-    Uuid::from_bytes(b)
-}
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -119,20 +108,4 @@ pub fn spawn(st: AppState) {
             }
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn floor_orders_below_later_ids_and_above_earlier_ones() {
-        let t = Utc::now();
-        let floor = uuid_floor(t);
-        let later = Uuid::now_v7();
-        assert!(floor <= later);
-        let earlier = uuid_floor(t - TimeDelta::seconds(1));
-        assert!(earlier < floor);
-        assert_eq!(floor.get_version_num(), 7);
-    }
 }

@@ -17,18 +17,19 @@ const TABLES: [&str; 6] = [
     "attempt_rollup",
 ];
 
-const INDEXES: [&str; 13] = [
+const INDEXES: [&str; 14] = [
     "idx_destination_tenant_created",
     "ux_destination_tenant_name",
     "idx_subscription_destination",
     "idx_subscription_tenant",
-    "idx_event_tenant_created",
+    "idx_event_tenant_id",
     "ux_event_tenant_idem",
     "idx_delivery_due",
-    "idx_delivery_tenant_dest_created",
+    "idx_delivery_tenant_dest_id",
     "idx_delivery_event",
-    "idx_delivery_tenant_created",
+    "idx_delivery_tenant_id",
     "idx_delivery_dest_unfinished",
+    "idx_delivery_parked",
     "idx_attempt_delivery",
     "idx_attempt_dest_started",
 ];

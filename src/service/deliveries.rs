@@ -7,7 +7,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder
 use uuid::Uuid;
 
 use super::page::{Direction, Page, PageRequest, paginate};
-use super::{destinations, now};
+use super::{destinations, id_window, now};
 use crate::auth::Principal;
 use crate::error::{AppError, AppResult};
 
@@ -63,7 +63,7 @@ pub fn filtered(p: &Principal, f: &DeliveryFilter) -> Select<delivery::Entity> {
     if let Some(t) = f.until {
         q = q.filter(delivery::Column::CreatedAt.lt(t));
     }
-    q
+    q.filter(id_window(delivery::Column::Id, f.since, f.until))
 }
 
 /// Newest first.
@@ -146,7 +146,8 @@ pub async fn replay(
         .add(delivery::Column::TenantId.eq(&p.tenant))
         .add(delivery::Column::DestinationId.eq(destination_id))
         .add(delivery::Column::Status.is_in(statuses))
-        .add(delivery::Column::CreatedAt.gte(since));
+        .add(delivery::Column::CreatedAt.gte(since))
+        .add(id_window(delivery::Column::Id, Some(since), until));
     if let Some(u) = until {
         cond = cond.add(delivery::Column::CreatedAt.lt(u));
     }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::matching::Level;
 use super::page::{Direction, Page, PageRequest, paginate};
-use super::validate;
+use super::{id_window, validate};
 use crate::auth::Principal;
 use crate::error::{AppError, AppResult};
 
@@ -78,7 +78,7 @@ pub fn filtered(p: &Principal, f: &EventFilter) -> Select<event::Entity> {
     if let Some(t) = f.until {
         q = q.filter(event::Column::CreatedAt.lt(t));
     }
-    q
+    q.filter(id_window(event::Column::Id, f.since, f.until))
 }
 
 /// Newest first.

@@ -69,6 +69,40 @@ where
     E::Column: ColumnTrait,
     C: ConnectionTrait,
 {
+    let (q, n, backward) = page_query(select, id, direction, req, max)?;
+    let mut items = q.all(db).await?;
+    let more = items.len() as u64 > n;
+    items.truncate(n as usize);
+    if backward {
+        items.reverse();
+        Ok(Page {
+            items,
+            has_next: req.before.is_some(),
+            has_previous: more,
+        })
+    } else {
+        Ok(Page {
+            items,
+            has_next: more,
+            has_previous: req.after.is_some(),
+        })
+    }
+}
+
+/// The statement [`paginate`] runs: `select` bounded by the cursors, in id order, one row
+/// more than the page (which tells whether another page follows). Also the page size and
+/// whether it is read backwards.
+pub fn page_query<E>(
+    select: Select<E>,
+    id: E::Column,
+    direction: Direction,
+    req: &PageRequest,
+    max: u64,
+) -> AppResult<(Select<E>, u64, bool)>
+where
+    E: EntityTrait,
+    E::Column: ColumnTrait,
+{
     let (n, backward) = req.size(max)?;
     let ascending = (direction == Direction::OldestFirst) != backward;
     let mut q = select;
@@ -90,23 +124,7 @@ where
         };
     }
     let order = if ascending { Order::Asc } else { Order::Desc };
-    let mut items = q.order_by(id, order).limit(n + 1).all(db).await?;
-    let more = items.len() as u64 > n;
-    items.truncate(n as usize);
-    if backward {
-        items.reverse();
-        Ok(Page {
-            items,
-            has_next: req.before.is_some(),
-            has_previous: more,
-        })
-    } else {
-        Ok(Page {
-            items,
-            has_next: more,
-            has_previous: req.after.is_some(),
-        })
-    }
+    Ok((q.order_by(id, order).limit(n + 1), n, backward))
 }
 
 /// `totalCount` for a connection: the same filters, no paging.

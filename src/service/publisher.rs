@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use entity::{delivery, event};
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Select};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -175,16 +175,20 @@ fn clone_err(e: &AppError) -> AppError {
     }
 }
 
+/// The events of `tenant` published with one of `keys`: a lookup in `ux_event_tenant_idem`,
+/// which holds keyed events only (`IN` implies its `idempotency_key IS NOT NULL`).
+pub fn events_with_keys(tenant: &str, keys: &[String]) -> Select<event::Entity> {
+    event::Entity::find()
+        .filter(event::Column::TenantId.eq(tenant))
+        .filter(event::Column::IdempotencyKey.is_in(keys.iter().cloned()))
+}
+
 async fn existing_by_keys(
     db: &impl ConnectionTrait,
     tenant: &str,
     keys: &[String],
 ) -> AppResult<HashMap<String, event::Model>> {
-    let rows = event::Entity::find()
-        .filter(event::Column::TenantId.eq(tenant))
-        .filter(event::Column::IdempotencyKey.is_in(keys.iter().cloned()))
-        .all(db)
-        .await?;
+    let rows = events_with_keys(tenant, keys).all(db).await?;
     Ok(rows
         .into_iter()
         .filter_map(|e| e.idempotency_key.clone().map(|k| (k, e)))

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::both;
 use crate::harness::*;
+use crate::plans::{Plan, count_nodes, explain, rows_read};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -545,72 +546,6 @@ both!(
     }
 );
 
-/// Every scan of `delivery` in a PostgreSQL `EXPLAIN (ANALYZE, FORMAT JSON)` plan: the rows it
-/// produced plus the rows it read and threw away.
-fn delivery_rows_read(plan: &serde_json::Value) -> f64 {
-    let mut n = 0.0;
-    if plan["Relation Name"] == "delivery" {
-        let loops = plan["Actual Loops"].as_f64().unwrap_or(1.0);
-        for k in [
-            "Actual Rows",
-            "Rows Removed by Filter",
-            "Rows Removed by Join Filter",
-        ] {
-            n += plan[k].as_f64().unwrap_or(0.0) * loops;
-        }
-    }
-    for p in plan["Plans"].as_array().into_iter().flatten() {
-        n += delivery_rows_read(p);
-    }
-    n
-}
-
-/// A statement's plan: PostgreSQL's `EXPLAIN (ANALYZE, FORMAT JSON)` (which runs it), or the
-/// steps of SQLite's `EXPLAIN QUERY PLAN`.
-enum Plan {
-    Pg(serde_json::Value),
-    Sqlite(Vec<String>),
-}
-
-async fn explain(
-    db: &impl sea_orm::ConnectionTrait,
-    sql: &str,
-    values: Vec<sea_orm::Value>,
-) -> Plan {
-    let be = db.get_database_backend();
-    if be == sea_orm::DbBackend::Postgres {
-        let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}");
-        let row = db
-            .query_one_raw(hookline::db::raw(be, &explain, values))
-            .await
-            .unwrap()
-            .unwrap();
-        Plan::Pg(row.try_get("", "QUERY PLAN").unwrap())
-    } else {
-        let explain = format!("EXPLAIN QUERY PLAN {sql}");
-        let rows = db
-            .query_all_raw(hookline::db::raw(be, &explain, values))
-            .await
-            .unwrap();
-        Plan::Sqlite(
-            rows.iter()
-                .map(|r| r.try_get::<String>("", "detail").unwrap())
-                .collect(),
-        )
-    }
-}
-
-/// How many sequential scans of `delivery` a PostgreSQL `EXPLAIN (FORMAT JSON)` plan holds.
-fn delivery_seq_scans(plan: &serde_json::Value) -> usize {
-    let own = usize::from(plan["Relation Name"] == "delivery" && plan["Node Type"] == "Seq Scan");
-    own + plan["Plans"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(delivery_seq_scans)
-        .sum::<usize>()
-}
-
 // The sweep that catches parks racing a circuit's recovery: it makes due the parked deliveries
 // of a destination that is no longer failing, and of an ordered one; it leaves a failing
 // destination's parked deliveries alone, and deliveries that merely wait for a retry. It runs
@@ -700,7 +635,7 @@ both!(
                     Plan::Pg(plan) => {
                         // One probe per such destination and a last one that finds none; each
                         // yields at most one row (PostgreSQL rounds rows per loop up to 1).
-                        let read = delivery_rows_read(&plan[0]["Plan"]);
+                        let read = rows_read(&plan, "delivery");
                         assert!(
                             read <= parked_dests + 1.0,
                             "the sweep read {read} delivery rows for {parked_dests} destinations \
@@ -773,8 +708,8 @@ both!(
                 // The update, the row it updates, the parked row found: one each. (Where a
                 // sequential scan meets a parked row depends on the heap's order; here it
                 // meets one early, so the scan itself is what the check looks for.)
-                let read = delivery_rows_read(&plan[0]["Plan"]);
-                let seq = delivery_seq_scans(&plan[0]["Plan"]);
+                let read = rows_read(&plan, "delivery");
+                let seq = count_nodes(&plan, "Seq Scan", Some("delivery"));
                 assert!(
                     read <= 3.0 && seq == 0,
                     "the probe's claim read {read} delivery rows, {seq} by sequential scan: \
