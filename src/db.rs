@@ -49,6 +49,21 @@ impl Db {
     }
 }
 
+/// Settings of every PostgreSQL session Hookline opens (sent with the connection's startup
+/// packet: no round trip).
+///
+/// `enable_seqscan = off`: every statement Hookline runs on its own is written to be an index
+/// lookup or an index range. Each is prepared once per connection, and PostgreSQL keeps the
+/// generic plan it settles on after five executions for as long as the connection lives (or
+/// until the table is next analyzed). Tables start empty, and at a few hundred rows a
+/// sequential scan is the cheaper generic plan for the completion writer's update and for
+/// the claim's lookup of the rows it picked. Kept, such a plan reads the whole `delivery`
+/// table on every flush or claim: measured at 150–200 ms a flush once the table held 100 000
+/// rows, PostgreSQL's CPU doubled for the whole run, in about two `backlog` runs out of five
+/// (BENCHMARKS.md, session 10). With sequential scans priced out the planner takes the index
+/// at any size; a table without a usable index is still read sequentially.
+pub const SESSION_SETTINGS: [(&str, &str); 1] = [("enable_seqscan", "off")];
+
 pub async fn connect(cfg: &Config) -> Result<Db, DbErr> {
     if cfg.is_postgres() {
         let mut opts = ConnectOptions::new(cfg.database_url.clone());
@@ -66,6 +81,8 @@ pub async fn connect(cfg: &Config) -> Result<Db, DbErr> {
             .test_before_acquire_if_idle_for(Duration::from_secs(30))
             .sqlx_logging(false)
             .map_sqlx_postgres_opts(move |o| {
+                // See `SESSION_SETTINGS`.
+                let o = o.options(SESSION_SETTINGS);
                 if plain {
                     o.ssl_mode(PgSslMode::Disable)
                 } else {

@@ -60,43 +60,7 @@ pub async fn claim(
     skip_destinations: &[Uuid],
 ) -> Result<Vec<Claimed>, DbErr> {
     let backend = db.get_database_backend();
-    // The only backend difference: PostgreSQL must skip rows other instances are claiming.
-    let (p, lock) = match backend {
-        DbBackend::Postgres => (["$1", "$2", "$3", "$4"], " FOR UPDATE SKIP LOCKED"),
-        _ => (["?", "?", "?", "?"], ""),
-    };
-    // Destinations with a full waiting queue here are left for later (or other instances).
-    let skip = if skip_destinations.is_empty() {
-        String::new()
-    } else {
-        let first = if backend == DbBackend::Postgres { 5 } else { 6 };
-        let marks: Vec<String> = (0..skip_destinations.len())
-            .map(|i| match backend {
-                DbBackend::Postgres => format!("${}", first + i),
-                _ => "?".to_string(),
-            })
-            .collect();
-        format!(" AND destination_id NOT IN ({})", marks.join(", "))
-    };
-    // PostgreSQL: `id = ANY(ARRAY(subquery))` makes the chosen ids one value that the outer
-    // UPDATE looks up through the primary key. With `id IN (subquery)` the planner often
-    // picks a hash join over a sequential scan of the whole queue (always, before the table
-    // has statistics), so every claim cost O(queue size) — measured in BENCHMARKS.md.
-    let (open, close) = match backend {
-        DbBackend::Postgres => ("= ANY(ARRAY(", "))"),
-        _ => ("IN (", ")"),
-    };
-    let sql = format!(
-        "UPDATE delivery SET status = 'DELIVERING', lease_until = {lease}, \
-         next_attempt_at = {lease}, lease_owner = {owner} \
-         WHERE id {open}SELECT id FROM delivery WHERE next_attempt_at <= {now}{skip} \
-         ORDER BY next_attempt_at, id LIMIT {limit}{lock}{close} \
-         RETURNING id, tenant_id, event_id, destination_id, event_type, attempt_count, created_at",
-        lease = p[0],
-        owner = p[1],
-        now = p[2],
-        limit = p[3],
-    );
+    let sql = claim_sql(backend, skip_destinations.len());
     // SQLite numbers `?` by position, so the lease value is bound twice there.
     let mut values: Vec<Value> = match backend {
         DbBackend::Postgres => vec![lease_until.into(), owner.into(), now.into()],
@@ -126,6 +90,48 @@ pub async fn claim(
     // RETURNING order is unspecified; FIFO destinations need publish order.
     out.sort_by_key(|c| c.id);
     Ok(out)
+}
+
+/// [`claim`]'s statement on `backend`, leaving `skip` destinations out. PostgreSQL: `$1` the
+/// lease's end, `$2` the owner, `$3` now, `$4` the limit, then the destinations.
+pub fn claim_sql(backend: DbBackend, skip: usize) -> String {
+    // The only backend difference: PostgreSQL must skip rows other instances are claiming.
+    let (p, lock) = match backend {
+        DbBackend::Postgres => (["$1", "$2", "$3", "$4"], " FOR UPDATE SKIP LOCKED"),
+        _ => (["?", "?", "?", "?"], ""),
+    };
+    // Destinations with a full waiting queue here are left for later (or other instances).
+    let skip = if skip == 0 {
+        String::new()
+    } else {
+        let first = if backend == DbBackend::Postgres { 5 } else { 6 };
+        let marks: Vec<String> = (0..skip)
+            .map(|i| match backend {
+                DbBackend::Postgres => format!("${}", first + i),
+                _ => "?".to_string(),
+            })
+            .collect();
+        format!(" AND destination_id NOT IN ({})", marks.join(", "))
+    };
+    // PostgreSQL: `id = ANY(ARRAY(subquery))` makes the chosen ids one value that the outer
+    // UPDATE looks up through the primary key. With `id IN (subquery)` the planner often
+    // picks a hash join over a sequential scan of the whole queue (always, before the table
+    // has statistics), so every claim cost O(queue size) — measured in BENCHMARKS.md.
+    let (open, close) = match backend {
+        DbBackend::Postgres => ("= ANY(ARRAY(", "))"),
+        _ => ("IN (", ")"),
+    };
+    format!(
+        "UPDATE delivery SET status = 'DELIVERING', lease_until = {lease}, \
+         next_attempt_at = {lease}, lease_owner = {owner} \
+         WHERE id {open}SELECT id FROM delivery WHERE next_attempt_at <= {now}{skip} \
+         ORDER BY next_attempt_at, id LIMIT {limit}{lock}{close} \
+         RETURNING id, tenant_id, event_id, destination_id, event_type, attempt_count, created_at",
+        lease = p[0],
+        owner = p[1],
+        now = p[2],
+        limit = p[3],
+    )
 }
 
 /// Destinations whose circuit is open and whose probe time has come. Each is reserved for one

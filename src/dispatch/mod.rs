@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod sender;
 pub mod signing;
 mod store;
+pub use store::update_json_sql;
 mod test_event;
 pub mod threads;
 mod unit;

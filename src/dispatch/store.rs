@@ -258,6 +258,11 @@ macro_rules! update_json_sql {
 }
 const UPDATE_JSON: &str = update_json_sql!();
 
+/// The completion writer's update of deliveries on PostgreSQL, for tests of its plan.
+pub fn update_json_sql() -> &'static str {
+    UPDATE_JSON
+}
+
 /// [`UPDATE_JSON`] reporting the ids it updated.
 const UPDATE_JSON_RETURNING: &str = concat!(update_json_sql!(), " RETURNING d.id");
 

@@ -410,3 +410,74 @@ both!(
             .unwrap();
     }
 );
+
+// PostgreSQL keeps the generic plan a connection settles on after five executions of a
+// prepared statement. Planned while `delivery` held a few hundred rows, the completion
+// writer's update and the claim's lookup of the rows it picked were sequential scans, kept as
+// the table grew (150–200 ms a flush at 100 000 rows). On Hookline's sessions their generic
+// plans use the primary key whatever the table's size when they are made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_plans_of_hot_statements_use_the_primary_key() {
+    if pg_available().is_none() {
+        return;
+    }
+    let db = TestDb::new(Backend::Postgres).await;
+    let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
+    hookline::db::migrate(&conn).await.unwrap();
+    let w = &conn.write;
+    // 400 deliveries (a size at which both plans were sequential scans), one in twenty due.
+    w.execute_unprepared(
+        "INSERT INTO event (id, tenant_id, event_type, level, payload, created_at) \
+         SELECT gen_random_uuid(), 't', 'x', 'INFO', '{}', now() FROM generate_series(1, 400); \
+         INSERT INTO delivery (id, tenant_id, event_id, destination_id, event_type, status, \
+           attempt_count, created_at, next_attempt_at) \
+         SELECT gen_random_uuid(), 't', id, gen_random_uuid(), 'x', 'PENDING', 0, now(), \
+           CASE WHEN random() < 0.05 THEN now() END FROM event",
+    )
+    .await
+    .unwrap();
+    let claim = hookline::dispatch::claim::claim_sql(DbBackend::Postgres, 0);
+    let statements = [
+        (
+            "completion",
+            hookline::dispatch::update_json_sql(),
+            "(json, timestamptz, text)",
+            "('[]', now(), '')",
+        ),
+        (
+            "claim",
+            claim.as_str(),
+            "(timestamptz, text, timestamptz, int8)",
+            "(now(), 'x', now(), 100)",
+        ),
+    ];
+    let txn = w.begin().await.unwrap();
+    txn.execute_unprepared("SET LOCAL plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    for (name, sql, types, args) in statements {
+        txn.execute_unprepared(&format!("PREPARE {name}{types} AS {sql}"))
+            .await
+            .unwrap();
+        let row = txn
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Postgres,
+                format!("EXPLAIN (FORMAT JSON) EXECUTE {name}{args}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let plan: serde_json::Value = row.try_get("", "QUERY PLAN").unwrap();
+        let plan = &plan[0]["Plan"];
+        assert_eq!(
+            count_nodes(plan, "Seq Scan", Some("delivery")),
+            0,
+            "{name}: {plan:#}"
+        );
+        assert!(
+            indexes_used(plan).iter().any(|i| i == "delivery_pkey"),
+            "{name}: {plan:#}"
+        );
+    }
+    txn.rollback().await.unwrap();
+}
