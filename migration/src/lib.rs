@@ -1,5 +1,22 @@
 pub use sea_orm_migration::prelude::*;
 
+/// `impl MigrationTrait for Migration` that runs `$up` (and `$down` to undo it), one SQL
+/// statement after another.
+macro_rules! sql_migration {
+    ($up:expr, $down:expr) => {
+        #[async_trait::async_trait]
+        impl MigrationTrait for Migration {
+            async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                crate::execute_all(manager, &$up).await
+            }
+
+            async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                crate::execute_all(manager, &$down).await
+            }
+        }
+    };
+}
+
 mod m20261124_000001_initial;
 mod m20261124_000002_hot_path;
 mod m20261124_000003_rules_epoch;
@@ -7,6 +24,15 @@ mod m20261124_000004_unfinished_index;
 mod m20261125_000005_id_keyed_indexes;
 
 pub struct Migrator;
+
+/// Runs `sql`, one statement after another, on the migration's connection.
+async fn execute_all(manager: &SchemaManager<'_>, sql: &[&str]) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    for s in sql {
+        db.execute_unprepared(s).await?;
+    }
+    Ok(())
+}
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {

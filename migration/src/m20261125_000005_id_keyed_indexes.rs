@@ -45,21 +45,4 @@ const DOWN: [&str; 8] = [
     "CREATE UNIQUE INDEX ux_event_tenant_idem ON event (tenant_id, idempotency_key)",
 ];
 
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let db = manager.get_connection();
-        for sql in UP {
-            db.execute_unprepared(sql).await?;
-        }
-        Ok(())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let db = manager.get_connection();
-        for sql in DOWN {
-            db.execute_unprepared(sql).await?;
-        }
-        Ok(())
-    }
-}
+sql_migration!(UP, DOWN);

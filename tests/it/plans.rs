@@ -87,3 +87,14 @@ pub fn indexes_used(plan: &Value) -> Vec<String> {
         .filter_map(|n| n["Index Name"].as_str().map(str::to_owned))
         .collect()
 }
+
+/// The `n` column of a one-row query without parameters.
+pub async fn scalar(db: &impl ConnectionTrait, sql: &str) -> i64 {
+    let be = db.get_database_backend();
+    db.query_one_raw(hookline::db::raw(be, sql, vec![]))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap()
+}
