@@ -8,7 +8,7 @@
 //! other tenants' rows; SQLite sorted in a temporary B-tree. Keyed `(tenant_id,
 //! [destination_id,] id)` they hand back a page in order and stop, and each entry is 8 bytes
 //! narrower. The `since`/`until` filters on `created_at` become id ranges on the same keys
-//! (`service::id_range`), so a time window stays an index range.
+//! (`service::id_window`), so a time window stays an index range.
 //!
 //! `ux_event_tenant_idem` held one entry per event, `(tenant_id, NULL)` for every event
 //! published without an idempotency key. Only keyed events can conflict or be looked up by

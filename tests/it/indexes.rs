@@ -11,7 +11,7 @@ use entity::{delivery, event};
 use hookline::auth::{Principal, Scopes};
 use hookline::service::page::{Direction, PageRequest, page_query};
 use hookline::service::{deliveries, events, publisher};
-use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, QueryTrait, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, QueryTrait, Select, TransactionTrait};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -80,6 +80,16 @@ fn rows(
     (evs, dls)
 }
 
+/// The statement of a listing's first page of 20, newest first, as `paginate` runs it.
+fn first_page<E: EntityTrait>(q: Select<E>, id: E::Column, be: DbBackend) -> sea_orm::Statement {
+    let first20 = PageRequest {
+        first: Some(20),
+        ..Default::default()
+    };
+    let (q, _, _) = page_query(q, id, Direction::NewestFirst, &first20, 100).unwrap();
+    q.build(be)
+}
+
 async fn insert(db: &impl ConnectionTrait, evs: Vec<event::Model>, dls: Vec<delivery::Model>) {
     use sea_orm::IntoActiveModel;
     for chunk in evs.chunks(500) {
@@ -133,10 +143,6 @@ both!(
         insert(w, [e1, e2, e3].concat(), [d1, d2, d3].concat()).await;
 
         let acme_p = principal("acme");
-        let first20 = PageRequest {
-            first: Some(20),
-            ..Default::default()
-        };
         let window = |since: DateTime<Utc>, until: DateTime<Utc>| deliveries::DeliveryFilter {
             since: Some(since),
             until: Some(until),
@@ -144,28 +150,10 @@ both!(
         };
         // (what, statement, rows it returns, index it must read)
         let delivery_page = |f: deliveries::DeliveryFilter| {
-            page_query(
-                deliveries::filtered(&acme_p, &f),
-                delivery::Column::Id,
-                Direction::NewestFirst,
-                &first20,
-                100,
-            )
-            .unwrap()
-            .0
-            .build(be)
+            first_page(deliveries::filtered(&acme_p, &f), delivery::Column::Id, be)
         };
         let event_page = |f: events::EventFilter| {
-            page_query(
-                events::filtered(&acme_p, &f),
-                event::Column::Id,
-                Direction::NewestFirst,
-                &first20,
-                100,
-            )
-            .unwrap()
-            .0
-            .build(be)
+            first_page(events::filtered(&acme_p, &f), event::Column::Id, be)
         };
         let cases = [
             (
