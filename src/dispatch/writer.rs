@@ -147,7 +147,7 @@ const GATHER: Duration = Duration::from_millis(5);
 /// A PostgreSQL flush that has gathered fewer messages than [`SPARSE`] after [`GATHER`] keeps
 /// gathering until this much time has passed. A flush costs PostgreSQL mostly per flush, not
 /// per message: a transaction of five statements and a WAL flush. At 500 attempts/s a 5-ms
-/// gather made ≈ 165 flushes a second of two or three attempts each, more statements than the
+/// gather made ≈ 125 flushes a second of about four attempts each, more statements than the
 /// publishes themselves. At high rates batches fill within `GATHER` and nothing changes, so
 /// `fanout` keeps its short gather (a long one for every flush cost it ≈ 10 %, session 11).
 const GATHER_SPARSE: Duration = Duration::from_millis(20);
