@@ -170,11 +170,7 @@ async fn run(
     // would hold one or two attempts. Gathering for a few milliseconds makes those commits
     // rarer, so the publishers' commits wait less behind them (`backlog` benchmark); a sparse
     // batch gathers longer (see `GATHER_SPARSE`). SQLite in WAL mode does not sync on commit.
-    let (gather, sparse_extra) = if db.get_database_backend() == DbBackend::Postgres {
-        (GATHER, GATHER_SPARSE - GATHER)
-    } else {
-        (GATHER_SQLITE, Duration::ZERO)
-    };
+    let (gather, sparse_extra) = gathers(db.get_database_backend());
     while closing.is_none() && gather_batch(&mut rx, &mut batch, gather, sparse_extra).await {
         let msgs = std::mem::take(&mut batch);
         let mut acks = Vec::new();
@@ -243,6 +239,15 @@ async fn run(
     }
     if let Some(ack) = closing {
         let _ = ack.send(());
+    }
+}
+
+/// How long a flush gathers on `backend`, and how much longer when it is sparse.
+fn gathers(backend: DbBackend) -> (Duration, Duration) {
+    if backend == DbBackend::Postgres {
+        (GATHER, GATHER_SPARSE - GATHER)
+    } else {
+        (GATHER_SQLITE, Duration::ZERO)
     }
 }
 
@@ -442,22 +447,21 @@ mod tests {
         });
     }
 
-    const PG: (Duration, Duration) = (GATHER, GATHER_SPARSE.checked_sub(GATHER).unwrap());
-
     #[tokio::test(start_paused = true)]
     async fn a_sparse_batch_keeps_gathering_until_the_longer_gather() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         send_at(&tx, Duration::ZERO, 2);
         send_at(&tx, Duration::from_millis(12), 3);
         send_at(&tx, Duration::from_millis(25), 1);
+        let (g, x) = gathers(DbBackend::Postgres);
         let t0 = tokio::time::Instant::now();
         let mut batch = Vec::new();
-        assert!(gather_batch(&mut rx, &mut batch, PG.0, PG.1).await);
+        assert!(gather_batch(&mut rx, &mut batch, g, x).await);
         // The updates sent at 12 ms joined the first two; the one at 25 ms waits.
         assert_eq!(batch.len(), 5);
         assert_eq!(t0.elapsed(), GATHER_SPARSE);
         batch.clear();
-        assert!(gather_batch(&mut rx, &mut batch, PG.0, PG.1).await);
+        assert!(gather_batch(&mut rx, &mut batch, g, x).await);
         assert_eq!(batch.len(), 1);
     }
 
@@ -465,9 +469,10 @@ mod tests {
     async fn a_full_batch_or_a_barrier_is_flushed_after_the_short_gather() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         send_at(&tx, Duration::ZERO, SPARSE);
+        let (g, x) = gathers(DbBackend::Postgres);
         let t0 = tokio::time::Instant::now();
         let mut batch = Vec::new();
-        assert!(gather_batch(&mut rx, &mut batch, PG.0, PG.1).await);
+        assert!(gather_batch(&mut rx, &mut batch, g, x).await);
         assert_eq!((batch.len(), t0.elapsed()), (SPARSE, GATHER));
         batch.clear();
         // One update and a barrier: whoever waits on the barrier is not kept 20 ms.
@@ -476,7 +481,7 @@ mod tests {
         tx.send(WriterMsg::Barrier(ack)).unwrap();
         send_at(&tx, Duration::from_millis(7), 1);
         let t1 = tokio::time::Instant::now();
-        assert!(gather_batch(&mut rx, &mut batch, PG.0, PG.1).await);
+        assert!(gather_batch(&mut rx, &mut batch, g, x).await);
         assert_eq!((batch.len(), t1.elapsed()), (2, GATHER));
     }
 
@@ -485,15 +490,16 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         send_at(&tx, Duration::ZERO, 1);
         send_at(&tx, Duration::from_millis(3), 1);
+        let (g, x) = gathers(DbBackend::Sqlite);
         let t0 = tokio::time::Instant::now();
         let mut batch = Vec::new();
-        assert!(gather_batch(&mut rx, &mut batch, GATHER_SQLITE, Duration::ZERO).await);
+        assert!(gather_batch(&mut rx, &mut batch, g, x).await);
         assert_eq!((batch.len(), t0.elapsed()), (1, GATHER_SQLITE));
         drop(tx);
         batch.clear();
-        assert!(gather_batch(&mut rx, &mut batch, GATHER_SQLITE, Duration::ZERO).await);
+        assert!(gather_batch(&mut rx, &mut batch, g, x).await);
         assert_eq!(batch.len(), 1);
         batch.clear();
-        assert!(!gather_batch(&mut rx, &mut batch, GATHER_SQLITE, Duration::ZERO).await);
+        assert!(!gather_batch(&mut rx, &mut batch, g, x).await);
     }
 }
