@@ -55,6 +55,9 @@ pub struct ConfigArgs {
     /// Concurrent outgoing requests across all destinations.
     #[arg(long, env = "HOOKLINE_MAX_CONCURRENCY", global = true)]
     pub max_concurrency: Option<usize>,
+    /// PostgreSQL connections this process may open (default 2 × cores + 2).
+    #[arg(long, env = "HOOKLINE_DB_MAX_CONNECTIONS", global = true)]
+    pub db_max_connections: Option<u32>,
     /// Run the delivery dispatcher in this process (default true).
     #[arg(long, env = "HOOKLINE_DISPATCHER", global = true)]
     pub dispatcher: Option<bool>,
@@ -112,6 +115,7 @@ struct FileConfig {
     max_payload_bytes: Option<usize>,
     max_body_bytes: Option<usize>,
     max_concurrency: Option<usize>,
+    db_max_connections: Option<u32>,
     dispatcher: Option<bool>,
     lease_secs: Option<u64>,
     publish_rate_per_tenant: Option<f64>,
@@ -214,11 +218,27 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `NORMAL` or `FULL`.
     pub sqlite_synchronous: String,
+    /// The PostgreSQL pool's size limit (see [`default_db_max_connections`]).
+    pub db_max_connections: u32,
     pub limits: Limits,
     pub dispatch: DispatchConfig,
     pub retention: RetentionConfig,
     pub encryption_key: Option<String>,
     pub encryption_keys_previous: Vec<String>,
+}
+
+/// Two connections per core, plus two: one the live bridge holds for `LISTEN`, one spare.
+///
+/// The pool opens a connection whenever a statement finds none idle, and then hands its
+/// idle connections out in turn, so a pool that a burst has grown keeps every connection in
+/// use afterwards and never lets one reach its idle timeout. A steady load spread over more
+/// backends than there are cores runs each statement in a backend whose caches have gone
+/// cold. Measured: after the `backlog` benchmark's fill had grown the pool to 11, PostgreSQL
+/// spent a median 11 % more CPU on the same 500 events/s than before it; capped at 6 (this
+/// default on 2 cores), 3 %, with `single` and `fanout` unchanged (BENCHMARKS.md, session 12).
+pub fn default_db_max_connections() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    u32::try_from(2 * cores + 2).unwrap_or(u32::MAX).min(1000)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +271,7 @@ impl Config {
             log: "info".into(),
             log_format: LogFormat::Text,
             sqlite_synchronous: "NORMAL".into(),
+            db_max_connections: default_db_max_connections(),
             limits: Limits::default(),
             dispatch: DispatchConfig::default(),
             retention: RetentionConfig::default(),
@@ -335,6 +356,17 @@ impl Config {
                 });
             }
             cfg.dispatch.max_concurrency = v;
+        }
+        if let Some(v) = pick(args.db_max_connections, file.db_max_connections) {
+            if !(2..=1000).contains(&v) {
+                return Err(ConfigError::Invalid {
+                    name: "HOOKLINE_DB_MAX_CONNECTIONS",
+                    message: format!(
+                        "{v}: must be between 2 and 1000 (the live bridge holds one connection)"
+                    ),
+                });
+            }
+            cfg.db_max_connections = v;
         }
         if let Some(v) = pick(args.dispatcher, file.dispatcher) {
             cfg.dispatch.enabled = v;
@@ -428,6 +460,26 @@ mod tests {
         assert_eq!(cfg.listen.port(), 9999);
         assert!(cfg.allow_private_targets);
         assert_eq!(cfg.log, "warn");
+    }
+
+    #[test]
+    fn the_database_pool_limit_defaults_to_the_cores_and_is_checked() {
+        let cores = std::thread::available_parallelism().unwrap().get() as u32;
+        let cfg = Config::load(&ConfigArgs::default()).unwrap();
+        assert_eq!(cfg.db_max_connections, 2 * cores + 2);
+        let args = ConfigArgs {
+            db_max_connections: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(Config::load(&args).unwrap().db_max_connections, 3);
+        for bad in [0, 1, 1001] {
+            let args = ConfigArgs {
+                db_max_connections: Some(bad),
+                ..Default::default()
+            };
+            let err = Config::load(&args).unwrap_err().to_string();
+            assert!(err.contains("HOOKLINE_DB_MAX_CONNECTIONS"), "{err}");
+        }
     }
 
     #[test]

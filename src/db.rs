@@ -28,6 +28,16 @@ impl Db {
         self.backend() == DbBackend::Postgres
     }
 
+    /// Connections open to the database: PostgreSQL's one pool, or SQLite's readers and
+    /// its writer.
+    pub fn open_connections(&self) -> u32 {
+        if self.is_postgres() {
+            return self.write.get_postgres_connection_pool().size();
+        }
+        self.read.get_sqlite_connection_pool().size()
+            + self.write.get_sqlite_connection_pool().size()
+    }
+
     pub async fn ping(&self) -> Result<(), DbErr> {
         self.read.ping().await
     }
@@ -72,8 +82,9 @@ pub async fn connect(cfg: &Config) -> Result<Db, DbErr> {
             .and_then(|u| u.port())
             .unwrap_or(5432);
         let plain = loopback_without_sslmode(&cfg.database_url);
-        opts.max_connections(24)
-            .min_connections(2)
+        // See `config::default_db_max_connections`.
+        opts.max_connections(cfg.db_max_connections)
+            .min_connections(2.min(cfg.db_max_connections))
             .connect_timeout(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(10))
             // SeaORM's default pings a connection every time it leaves the pool: a round trip

@@ -56,6 +56,10 @@ pub fn init() {
         "GraphQL request latency"
     );
     metrics::describe_counter!("hookline_graphql_errors_total", "GraphQL errors by code");
+    metrics::describe_gauge!(
+        "hookline_db_connections",
+        "Database connections open in this process"
+    );
 }
 
 /// The Prometheus text, with database gauges refreshed.
@@ -64,6 +68,7 @@ pub async fn render(st: &AppState) -> String {
         tracing::warn!(error = %e, "could not read queue gauges");
     }
     metrics::gauge!("hookline_live_subscribers").set(st.live.subscriber_count() as f64);
+    metrics::gauge!("hookline_db_connections").set(f64::from(st.db.open_connections()));
     // The dispatcher's in-memory window (see `dispatch::hub::WINDOW_BYTES`).
     let hub = &st.hub;
     metrics::gauge!("hookline_window_deliveries")

@@ -44,9 +44,13 @@ async fn metrics_expose_deliveries_queue_and_errors() {
         "hookline_live_subscribers",
         "hookline_window_deliveries",
         "hookline_window_bytes",
+        "hookline_db_connections",
     ] {
         assert!(text.contains(name), "missing {name} in:\n{text}");
     }
+    // SQLite: the writer and at least one reader.
+    let open = gauge(&text, "hookline_db_connections").expect("hookline_db_connections");
+    assert!(open >= 2.0, "hookline_db_connections {open}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,3 +286,85 @@ both!(window_counts_return_to_zero, |backend| async move {
     })
     .await;
 });
+
+// The PostgreSQL pool opens at most `HOOKLINE_DB_MAX_CONNECTIONS` connections, however many
+// publishes arrive at once (32 concurrent publishers grew the old 24-connection pool to 11
+// within a second), and nothing waits too long for one: everything is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_pool_stays_within_its_limit_under_a_burst() {
+    use sea_orm::ConnectionTrait;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+    if pg_available().is_none() {
+        return;
+    }
+    let s = Server::start_with(Backend::Postgres, |c| c.db_max_connections = 3).await;
+    let t = token("pool", "admin");
+    let r = Receiver::start().await;
+    create_destination(&s, &t, json!({"url": r.url()})).await;
+    let (admin, name) = s.db.owned.clone().expect("a database of the test's own");
+    let admin = sea_orm::Database::connect(&admin).await.expect("admin");
+    // The most backends connected to the test's database at once, read every 5 ms.
+    let most = Arc::new(AtomicI64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (most, done) = (most.clone(), done.clone());
+        async move {
+            while !done.load(Ordering::SeqCst) {
+                let row = admin
+                    .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                        sea_orm::DbBackend::Postgres,
+                        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = $1",
+                        [name.clone().into()],
+                    ))
+                    .await
+                    .expect("pg_stat_activity")
+                    .expect("a row");
+                most.fetch_max(row.try_get::<i64>("", "n").unwrap(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            admin.close().await.ok();
+        }
+    });
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..32 {
+        let (http, url, t) = (s.http.clone(), s.url("/graphql"), t.clone());
+        set.spawn(async move {
+            for i in 0..10 {
+                let body = json!({
+                    "query": PUBLISH,
+                    "variables": {"input": {"type": "pool.burst", "payload": {"c": c, "i": i}}},
+                });
+                let v: serde_json::Value = http
+                    .post(&url)
+                    .bearer_auth(&t)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("publish")
+                    .json()
+                    .await
+                    .expect("json");
+                assert!(v["errors"].is_null(), "{v}");
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("publisher");
+    }
+    r.wait_for(320, Duration::from_secs(30)).await;
+    done.store(true, Ordering::SeqCst);
+    sampler.await.expect("sampler");
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        (1..=3).contains(&most),
+        "{most} backends at once on the test's database"
+    );
+    let text = metrics_text(&s).await.expect("metrics");
+    let open = gauge(&text, "hookline_db_connections").expect("hookline_db_connections");
+    assert!(
+        (1.0..=3.0).contains(&open),
+        "hookline_db_connections {open}"
+    );
+}
