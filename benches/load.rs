@@ -102,6 +102,17 @@ impl Scenario {
 /// 10 s the second phase's p99 moved by −17 %, −10 % and +68 % against the first.
 const BACKLOG_PHASE_SECS: f64 = 30.0;
 
+/// `backlog`: what is written back before each steady phase (see [`writeback`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Writeback {
+    /// The page cache (`sync`): the default.
+    Sync,
+    /// On PostgreSQL, its shared buffers first (`CHECKPOINT`), then the page cache.
+    Checkpoint,
+    /// Nothing (the benchmark before session 12).
+    None,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum DeadMode {
     /// The dead destination answers 500 to everything.
@@ -129,12 +140,14 @@ struct Args {
     destinations: Option<usize>,
     /// `backlog`: seconds to wait between the fill and the second steady phase.
     settle: Option<f64>,
+    /// `backlog`: what is written back before each steady phase.
+    writeback: Writeback,
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--database sqlite|postgres|both] \
 [--scenario single|fanout|steady|backlog|fanout-1000|live|ceilings[,..]] [--events N] [--concurrency C] \
 [--runs R] [--rate EVENTS_PER_SEC] [--duration SECS] [--destinations N] [--dead 500|refuse|control] \
-[--settle SECS] [--timeout SECS] [--pg-url URL]";
+[--settle SECS] [--writeback sync|checkpoint|none] [--timeout SECS] [--pg-url URL]";
 
 fn parse_args() -> Res<Args> {
     let mut a = Args {
@@ -151,6 +164,7 @@ fn parse_args() -> Res<Args> {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
         destinations: None,
         settle: None,
+        writeback: Writeback::Sync,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -206,6 +220,18 @@ fn parse_args() -> Res<Args> {
             "--duration" => a.duration = Some(num(val()?)?.min(3600.0)),
             "--destinations" => a.destinations = Some((num(val()?)? as usize).clamp(1, 5000)),
             "--settle" => a.settle = Some(num(val()?)?.min(600.0)),
+            "--writeback" => {
+                a.writeback = match val()?.as_str() {
+                    "sync" => Writeback::Sync,
+                    "checkpoint" => Writeback::Checkpoint,
+                    "none" => Writeback::None,
+                    v => {
+                        return Err(format!(
+                            "--writeback {v:?}: expected sync, checkpoint or none"
+                        ));
+                    }
+                }
+            }
             "--timeout" => a.timeout = Duration::from_secs_f64(num(val()?)?.min(7200.0)),
             "--pg-url" => a.pg_url = val()?,
             "--dead" => {
@@ -488,6 +514,45 @@ fn free_port() -> Res<u16> {
 fn db_url(admin: &str, name: &str) -> String {
     let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
     format!("{base}/{name}")
+}
+
+/// `Dirty` in `/proc/meminfo`, in MB.
+fn dirty_mb() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("Dirty:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Writes the database's dirty pages back: on PostgreSQL a `CHECKPOINT` (its shared buffers
+/// to the files), then `sync` (the page cache to the disk). Records how much was dirty in the
+/// page cache and how long it took.
+async fn writeback(how: Writeback, run: &mut Run, phase: &str, server: &Server) -> Res<()> {
+    if how == Writeback::None {
+        return Ok(());
+    }
+    let dirty = dirty_mb();
+    let t = Instant::now();
+    if let (Writeback::Checkpoint, Some((admin, _))) = (how, &server.pg) {
+        pg_exec(admin, "CHECKPOINT").await?;
+    }
+    let status = tokio::process::Command::new("sync")
+        .status()
+        .await
+        .map_err(|e| format!("sync: {e}"))?;
+    if !status.success() {
+        return Err(format!("sync: {status}"));
+    }
+    run.put(&format!("{phase}page cache dirty before (MB)"), dirty);
+    run.put(
+        &format!("{phase}writeback took (s)"),
+        t.elapsed().as_secs_f64(),
+    );
+    Ok(())
 }
 
 async fn pg_exec(admin: &str, sql: &str) -> Res<()> {
@@ -1152,17 +1217,22 @@ impl Cpu {
     }
 
     async fn finish(self, s: &Server, run: &mut Run) {
+        self.finish_as("", s, run).await;
+        run.put("server peak RSS VmHWM (MiB)", s.hwm());
+    }
+
+    /// The CPU rows, each name prefixed by `phase`.
+    async fn finish_as(self, phase: &str, s: &Server, run: &mut Run) {
         let wall = self.wall.elapsed().as_secs_f64();
         let server = s.cpu() - self.server;
         let me = cpu_secs("self").unwrap_or(f64::NAN) - self.me;
-        run.put("wall time (s)", wall);
-        run.put("server CPU (s)", server);
+        run.put(&format!("{phase}wall time (s)"), wall);
+        run.put(&format!("{phase}server CPU (s)"), server);
         match self.pg {
-            Some(pg) => run.put("PostgreSQL CPU (s)", pg.finish().await),
-            None => run.put("SQLite CPU (s, inside server)", f64::NAN),
+            Some(pg) => run.put(&format!("{phase}PostgreSQL CPU (s)"), pg.finish().await),
+            None => run.put(&format!("{phase}SQLite CPU (s, inside server)"), f64::NAN),
         }
-        run.put("bench CPU: load gen + receiver (s)", me);
-        run.put("server peak RSS VmHWM (MiB)", s.hwm());
+        run.put(&format!("{phase}bench CPU: load gen + receiver (s)"), me);
     }
 }
 
@@ -1224,9 +1294,12 @@ async fn run_on(sc: Scenario, server: &Server, args: &Args) -> Res<Run> {
             api.create_destination("healthy", &recv.url(0), &["order.*"])
                 .await?;
             let cpu = Cpu::start(server);
+            writeback(args.writeback, &mut run, "baseline: ", server).await?;
             // 1. Baseline: the healthy destination alone at a steady rate.
+            let phase_cpu = Cpu::start(server);
             let (base, _) = publish_paced(&api, rate, secs, "order.created").await?;
             recv.wait_for(base.len(), args.timeout, stall).await?;
+            phase_cpu.finish_as("baseline: ", server, &mut run).await;
             let rss_before = server.rss();
             phase_rows(&mut run, "baseline: ", &base, &recv, None)?;
             // 2. A dead destination, filled with `fill` deliveries.
@@ -1256,11 +1329,21 @@ async fn run_on(sc: Scenario, server: &Server, args: &Args) -> Res<Run> {
             if let Some(s) = args.settle {
                 tokio::time::sleep(Duration::from_secs_f64(s)).await;
             }
+            // Both steady phases start with the page cache written back (`--writeback`,
+            // default `sync`): the fill dirties ≈ 70 MB of new table pages in seconds, which the
+            // kernel would otherwise write in one burst 30 s later, inside the second phase
+            // (BENCHMARKS.md, sessions 11–12). A backlog that builds up over hours is written
+            // back as it grows.
+            writeback(args.writeback, &mut run, "with backlog: ", server).await?;
             // 3. The same steady load again, now beside the backlog.
             let mark = recv.state.unique.load(Ordering::Relaxed);
+            let phase_cpu = Cpu::start(server);
             let (during, _) = publish_paced(&api, rate, secs, "order.created").await?;
             recv.wait_for(mark + during.len(), args.timeout, stall)
                 .await?;
+            phase_cpu
+                .finish_as("with backlog: ", server, &mut run)
+                .await;
             phase_rows(&mut run, "with backlog: ", &during, &recv, None)?;
             run.put("server RSS after baseline (MiB)", rss_before);
             run.put("server RSS with backlog (MiB)", server.rss());
@@ -1395,21 +1478,27 @@ fn describe(sc: Scenario, args: &Args) -> String {
             args.rate.unwrap_or(500.0),
             args.duration.unwrap_or(30.0)
         ),
-        Scenario::Backlog => format!(
-            "healthy at {}/s for {} s, then a dead destination ({}) filled with {} events, then{} the same load again",
-            args.rate.unwrap_or(500.0),
-            args.duration.unwrap_or(BACKLOG_PHASE_SECS),
-            match args.dead {
-                DeadMode::Status500 => "answers 500",
-                DeadMode::Refuse => "refuses connections",
-                DeadMode::Control => "control: answers 204, delivered before the second phase",
-            },
-            n_or(args, 100_000),
-            match args.settle {
-                Some(s) => format!(" after {s} s"),
-                None => String::new(),
+        Scenario::Backlog => {
+            format!(
+                "healthy at {}/s for {} s, then a dead destination ({}) filled with {} events, then{} the same load again",
+                args.rate.unwrap_or(500.0),
+                args.duration.unwrap_or(BACKLOG_PHASE_SECS),
+                match args.dead {
+                    DeadMode::Status500 => "answers 500",
+                    DeadMode::Refuse => "refuses connections",
+                    DeadMode::Control => "control: answers 204, delivered before the second phase",
+                },
+                n_or(args, 100_000),
+                match args.settle {
+                    Some(s) => format!(" after {s} s"),
+                    None => String::new(),
+                }
+            ) + match args.writeback {
+                Writeback::Checkpoint => "; each phase starts after a checkpoint and `sync`",
+                Writeback::Sync => "; each phase starts after `sync`",
+                Writeback::None => "; nothing written back before the phases",
             }
-        ),
+        }
         Scenario::Live => format!(
             "{} events, 1 destination, {} concurrent publishers, 2 deliveryAttempts subscribers",
             n_or(args, 20_000),
