@@ -954,10 +954,12 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v
 }
 
-/// What one run measured, as named rows (kept in order for printing).
+/// What one run measured, as named rows (kept in order for printing), and each phase's
+/// publish→receive latencies (ms, sorted), so that several runs' phases can be pooled.
 #[derive(Default)]
 struct Run {
     rows: Vec<(String, f64)>,
+    e2e: HashMap<String, Vec<f64>>,
 }
 
 impl Run {
@@ -1036,7 +1038,51 @@ fn phase_rows(
         &format!("{prefix}publish→receive max (ms)"),
         e2e.last().copied().unwrap_or(f64::NAN),
     );
+    run.e2e.insert(prefix.to_string(), e2e);
     Ok(())
+}
+
+/// The prefixes of `backlog`'s two steady phases.
+const BASELINE: &str = "baseline: ";
+const WITH_BACKLOG: &str = "with backlog: ";
+
+/// `backlog`'s healthy p99 beside the backlog against its baseline, in per cent.
+fn rise(base: &[f64], with: &[f64]) -> f64 {
+    (pct(with, 99.0) / pct(base, 99.0) - 1.0) * 100.0
+}
+
+/// `backlog` over several runs: the p99 of every run's baseline samples together against the
+/// p99 of every run's samples beside the backlog. One run's 30-s p99 is the 150th slowest of
+/// 15 000 publishes, and this machine moves it by tens of per cent between runs with no
+/// backlog at all (the A/A control, BENCHMARKS.md session 12); the pooled figure is the same
+/// quantity measured on R times as many publishes.
+fn print_pooled(runs: &[Run]) {
+    let pool = |phase: &str| {
+        sorted(
+            runs.iter()
+                .filter_map(|r| r.e2e.get(phase))
+                .flatten()
+                .copied()
+                .collect(),
+        )
+    };
+    let (base, with) = (pool(BASELINE), pool(WITH_BACKLOG));
+    if runs.len() < 2 || base.is_empty() || with.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "pooled over {} runs: healthy publish→receive p99 {} ms ({} publishes) → {} ms \
+         beside the backlog ({} publishes): {:+.0} %; p50 {} → {} ms",
+        runs.len(),
+        fmt(pct(&base, 99.0)),
+        base.len(),
+        fmt(pct(&with, 99.0)),
+        with.len(),
+        rise(&base, &with),
+        fmt(pct(&base, 50.0)),
+        fmt(pct(&with, 50.0)),
+    );
 }
 
 /// Diagnostics: with `HOOKLINE_BENCH_SAMPLES=DIR`, every publish of a phase as
@@ -1294,14 +1340,14 @@ async fn run_on(sc: Scenario, server: &Server, args: &Args) -> Res<Run> {
             api.create_destination("healthy", &recv.url(0), &["order.*"])
                 .await?;
             let cpu = Cpu::start(server);
-            writeback(args.writeback, &mut run, "baseline: ", server).await?;
+            writeback(args.writeback, &mut run, BASELINE, server).await?;
             // 1. Baseline: the healthy destination alone at a steady rate.
             let phase_cpu = Cpu::start(server);
             let (base, _) = publish_paced(&api, rate, secs, "order.created").await?;
             recv.wait_for(base.len(), args.timeout, stall).await?;
-            phase_cpu.finish_as("baseline: ", server, &mut run).await;
+            phase_cpu.finish_as(BASELINE, server, &mut run).await;
             let rss_before = server.rss();
-            phase_rows(&mut run, "baseline: ", &base, &recv, None)?;
+            phase_rows(&mut run, BASELINE, &base, &recv, None)?;
             // 2. A dead destination, filled with `fill` deliveries.
             let dead = match args.dead {
                 DeadMode::Status500 => {
@@ -1334,17 +1380,19 @@ async fn run_on(sc: Scenario, server: &Server, args: &Args) -> Res<Run> {
             // kernel would otherwise write in one burst 30 s later, inside the second phase
             // (BENCHMARKS.md, sessions 11–12). A backlog that builds up over hours is written
             // back as it grows.
-            writeback(args.writeback, &mut run, "with backlog: ", server).await?;
+            writeback(args.writeback, &mut run, WITH_BACKLOG, server).await?;
             // 3. The same steady load again, now beside the backlog.
             let mark = recv.state.unique.load(Ordering::Relaxed);
             let phase_cpu = Cpu::start(server);
             let (during, _) = publish_paced(&api, rate, secs, "order.created").await?;
             recv.wait_for(mark + during.len(), args.timeout, stall)
                 .await?;
-            phase_cpu
-                .finish_as("with backlog: ", server, &mut run)
-                .await;
-            phase_rows(&mut run, "with backlog: ", &during, &recv, None)?;
+            phase_cpu.finish_as(WITH_BACKLOG, server, &mut run).await;
+            phase_rows(&mut run, WITH_BACKLOG, &during, &recv, None)?;
+            run.put(
+                "healthy publish→receive p99 rise (%)",
+                rise(&run.e2e[BASELINE], &run.e2e[WITH_BACKLOG]),
+            );
             run.put("server RSS after baseline (MiB)", rss_before);
             run.put("server RSS with backlog (MiB)", server.rss());
             let pending = api
@@ -1622,6 +1670,7 @@ async fn main_async(args: Args) -> Res<()> {
             }
             if !runs.is_empty() {
                 print_table(sc, kind, &args, &runs);
+                print_pooled(&runs);
             }
         }
     }
