@@ -60,6 +60,10 @@ pub fn init() {
         "hookline_db_connections",
         "Database connections open in this process"
     );
+    metrics::describe_gauge!(
+        "hookline_sqlite_wal_pending_pages",
+        "SQLite: WAL pages the last background checkpoint could not copy yet (readers still used them)"
+    );
 }
 
 /// The Prometheus text, with database gauges refreshed.

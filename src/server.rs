@@ -133,6 +133,7 @@ pub async fn serve(
     );
     let dispatcher = dispatch::spawn(state.clone());
     crate::retention::spawn(state.clone());
+    crate::db::spawn_sqlite_checkpointer(&state.db, state.shutdown.clone());
     let token = state.shutdown.clone();
     let app = router(Http {
         app: state.clone(),
