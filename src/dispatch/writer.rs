@@ -145,8 +145,9 @@ const MAX_FLUSH: usize = 2000;
 /// How long the writer gathers on PostgreSQL before a flush.
 const GATHER: Duration = Duration::from_millis(5);
 /// A flush that has gathered fewer messages than [`SPARSE`] after [`GATHER`] (PostgreSQL) or
-/// [`GATHER_SQLITE`] keeps gathering until this much time has passed. A flush costs PostgreSQL mostly per flush, not
-/// per message: a transaction of five statements and a WAL flush. At 500 attempts/s a 5-ms
+/// [`GATHER_SQLITE`] keeps gathering until this much time has passed. A flush costs
+/// PostgreSQL mostly per flush, not per message: a transaction of five statements and a WAL
+/// flush. At 500 attempts/s a 5-ms
 /// gather made ≈ 125 flushes a second of about four attempts each, more statements than the
 /// publishes themselves. At high rates batches fill within `GATHER` and nothing changes, so
 /// `fanout` keeps its short gather (a long one for every flush cost it ≈ 10 %, session 11).
@@ -171,8 +172,10 @@ async fn run(
     let mut closing = None;
     // PostgreSQL: every commit waits for a WAL flush (fsync), and at moderate rates each flush
     // would hold one or two attempts. Gathering for a few milliseconds makes those commits
-    // rarer, so the publishers' commits wait less behind them (`backlog` benchmark); a sparse
-    // batch gathers longer (see `GATHER_SPARSE`). SQLite in WAL mode does not sync on commit.
+    // rarer, so the publishers' commits wait less behind them (`backlog` benchmark). SQLite in
+    // WAL mode does not sync on commit, but every flush occupies its one writer and appends
+    // the pages it touches to the WAL. On both, a sparse batch gathers longer (see
+    // `GATHER_SPARSE`).
     let (gather, sparse_extra) = gathers(db.get_database_backend());
     while closing.is_none() && gather_batch(&mut rx, &mut batch, gather, sparse_extra).await {
         let msgs = std::mem::take(&mut batch);
@@ -247,11 +250,12 @@ async fn run(
 
 /// How long a flush gathers on `backend`, and how much longer when it is sparse.
 fn gathers(backend: DbBackend) -> (Duration, Duration) {
-    if backend == DbBackend::Postgres {
-        (GATHER, GATHER_SPARSE - GATHER)
+    let gather = if backend == DbBackend::Postgres {
+        GATHER
     } else {
-        (GATHER_SQLITE, GATHER_SPARSE - GATHER_SQLITE)
-    }
+        GATHER_SQLITE
+    };
+    (gather, GATHER_SPARSE - gather)
 }
 
 /// Waits for a message, then gathers for `gather`, and for `sparse_extra` more when what it

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use crate::both;
 use crate::harness::*;
+use crate::plans::first_value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_expose_deliveries_queue_and_errors() {
@@ -193,7 +194,7 @@ async fn loopback_postgres_goes_without_tls_unless_the_url_asks() {
 
     // What `prefer` gets is the server's choice: TLS where `ssl = on` (Debian's package, as on
     // this machine), none where it is off.
-    let server_ssl: bool = one_value(&plain.write, "SELECT current_setting('ssl') = 'on'")
+    let server_ssl: bool = first_value(&plain.write, "SELECT current_setting('ssl') = 'on'")
         .await
         .unwrap();
     let host_is_local = ["@127.0.0.1", "@localhost", "@[::1]"]
@@ -226,7 +227,7 @@ async fn sqlite_copies_its_wal_into_the_database_in_the_background() {
     let s = Server::start(Backend::Sqlite).await;
     // The writer's own checkpoints only past the backstop.
     let db = hookline::db::connect(&test_config(&s.db)).await.unwrap();
-    let pages: i64 = one_value(&db.write, "PRAGMA wal_autocheckpoint")
+    let pages: i64 = first_value(&db.write, "PRAGMA wal_autocheckpoint")
         .await
         .unwrap();
     assert_eq!(pages, i64::from(hookline::db::SQLITE_WAL_BACKSTOP_PAGES));
@@ -254,23 +255,13 @@ async fn sqlite_copies_its_wal_into_the_database_in_the_background() {
             std::fs::copy(&main, &copy).ok()?;
             let url = format!("sqlite://{}?mode=rw", copy.display());
             let conn = sea_orm::Database::connect(&url).await.ok()?;
-            let n: Option<i64> = one_value(&conn, "SELECT count(*) FROM event").await;
+            let n: Option<i64> = first_value(&conn, "SELECT count(*) FROM event").await;
             conn.close().await.ok();
             n.filter(|n| *n == N)
         },
     )
     .await;
     assert_eq!(events, N);
-}
-
-/// The first column of a query's first row, if it has one of type `T`.
-async fn one_value<T: sea_orm::TryGetable>(
-    db: &impl sea_orm::ConnectionTrait,
-    sql: &str,
-) -> Option<T> {
-    let stmt = sea_orm::Statement::from_string(db.get_database_backend(), sql);
-    let row = db.query_one_raw(stmt).await.ok()??;
-    row.try_get_by_index(0).ok()
 }
 
 /// The server's `/metrics` page, if it answers.

@@ -88,13 +88,23 @@ pub fn indexes_used(plan: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The `n` column of a one-row query without parameters.
-pub async fn scalar(db: &impl ConnectionTrait, sql: &str) -> i64 {
+/// The first column of the first row of a query without parameters, if the query succeeds,
+/// returns a row, and the value is a `T`.
+pub async fn first_value<T: sea_orm::TryGetable>(
+    db: &impl ConnectionTrait,
+    sql: &str,
+) -> Option<T> {
     let be = db.get_database_backend();
-    db.query_one_raw(hookline::db::raw(be, sql, vec![]))
+    let row = db
+        .query_one_raw(hookline::db::raw(be, sql, vec![]))
         .await
-        .unwrap()
-        .unwrap()
-        .try_get::<i64>("", "n")
-        .unwrap()
+        .ok()??;
+    row.try_get_by_index(0).ok()
+}
+
+/// The one value of a one-row, one-column query without parameters, as an integer.
+pub async fn scalar(db: &impl ConnectionTrait, sql: &str) -> i64 {
+    first_value(db, sql)
+        .await
+        .unwrap_or_else(|| panic!("no integer from {sql}"))
 }
