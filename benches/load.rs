@@ -31,6 +31,8 @@ use hookline::auth::{JwtKeys, Scopes};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+#[path = "load/backlog.rs"]
+mod backlog;
 #[path = "load/ceilings.rs"]
 mod ceilings;
 
@@ -142,12 +144,15 @@ struct Args {
     settle: Option<f64>,
     /// `backlog`: what is written back before each steady phase.
     writeback: Writeback,
+    /// `backlog`: the two phases one after the other on one server (the benchmark before
+    /// session 14), instead of interleaved on two.
+    sequential: bool,
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--database sqlite|postgres|both] \
 [--scenario single|fanout|steady|backlog|fanout-1000|live|ceilings[,..]] [--events N] [--concurrency C] \
 [--runs R] [--rate EVENTS_PER_SEC] [--duration SECS] [--destinations N] [--dead 500|refuse|control] \
-[--settle SECS] [--writeback sync|checkpoint|none] [--timeout SECS] [--pg-url URL]";
+[--settle SECS] [--writeback sync|checkpoint|none] [--sequential] [--timeout SECS] [--pg-url URL]";
 
 fn parse_args() -> Res<Args> {
     let mut a = Args {
@@ -165,6 +170,7 @@ fn parse_args() -> Res<Args> {
         destinations: None,
         settle: None,
         writeback: Writeback::Sync,
+        sequential: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -174,6 +180,10 @@ fn parse_args() -> Res<Args> {
         };
         // `cargo bench` adds `--bench`; libtest-style filters are ignored too.
         if key == "--bench" {
+            continue;
+        }
+        if key == "--sequential" {
+            a.sequential = true;
             continue;
         }
         if key == "-h" || key == "--help" {
@@ -573,6 +583,11 @@ async fn pg_exec(admin: &str, sql: &str) -> Res<()> {
 
 impl Server {
     async fn start(kind: DbKind, args: &Args) -> Res<Self> {
+        Self::start_bin(kind, args, &server_bin()).await
+    }
+
+    /// [`Server::start`] of the binary at `bin`.
+    async fn start_bin(kind: DbKind, args: &Args, bin: &str) -> Res<Self> {
         let dir = tempfile::Builder::new()
             .prefix("hookline-bench-")
             .tempdir()
@@ -607,7 +622,7 @@ impl Server {
         let log = dir.path().join("server.log");
         let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(server_bin())
+        let child = Command::new(bin)
             .arg("serve")
             .env("HOOKLINE_DATABASE_URL", &url)
             .env("HOOKLINE_DATA_DIR", dir.path())
@@ -622,7 +637,7 @@ impl Server {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", server_bin()))?;
+            .map_err(|e| format!("cannot start {bin}: {e}"))?;
         let mut s = Server {
             pid: child.id().to_string(),
             child,
@@ -976,6 +991,19 @@ fn phase_rows(
     recv: &Receiver,
     dests: Option<&HashSet<u32>>,
 ) -> Res<()> {
+    phase_rows_at(run, prefix, pubs, recv, dests, None)
+}
+
+/// [`phase_rows`]; the rates over `wall` seconds when given (a phase spread over several
+/// turns), else from the first publish to the last answer or delivery.
+fn phase_rows_at(
+    run: &mut Run,
+    prefix: &str,
+    pubs: &[Pub],
+    recv: &Receiver,
+    dests: Option<&HashSet<u32>>,
+    wall: Option<f64>,
+) -> Res<()> {
     let first_sent = pubs
         .iter()
         .map(|p| p.sent)
@@ -986,6 +1014,7 @@ fn phase_rows(
     let sent: HashMap<Uuid, Instant> = pubs.iter().map(|p| (p.id, p.sent)).collect();
     let book = recv.state.book.lock().unwrap();
     let mut e2e = Vec::with_capacity(book.hits.len());
+    let mut first_hit: HashMap<Uuid, Instant> = HashMap::new();
     let mut last = first_sent;
     for h in &book.hits {
         if dests.is_some_and(|d| !d.contains(&h.dest)) {
@@ -994,12 +1023,13 @@ fn phase_rows(
         if let Some(s) = sent.get(&h.id) {
             e2e.push(h.at.saturating_duration_since(*s).as_secs_f64() * 1e3);
             last = last.max(h.at);
+            first_hit.entry(h.id).or_insert(h.at);
         }
     }
-    dump_samples(prefix, pubs);
+    dump_samples(prefix, pubs, &first_hit);
     let e2e = sorted(e2e);
-    let pub_wall = (last_answer - first_sent).as_secs_f64();
-    let e2e_wall = (last - first_sent).as_secs_f64();
+    let pub_wall = wall.unwrap_or((last_answer - first_sent).as_secs_f64());
+    let e2e_wall = wall.unwrap_or((last - first_sent).as_secs_f64());
     run.put(&format!("{prefix}events published"), pubs.len() as f64);
     run.put(
         &format!("{prefix}events published/s"),
@@ -1066,19 +1096,27 @@ fn print_pooled(runs: &[Run]) {
                 .collect(),
         )
     };
-    let (base, with) = (pool(BASELINE), pool(WITH_BACKLOG));
+    // `HOOKLINE_BENCH_BIN_B`: two builds, each beside a backlog (see `backlog.rs`).
+    let (a, b) = if runs.iter().any(|r| r.e2e.contains_key(backlog::ARM_A)) {
+        (backlog::ARM_A, backlog::ARM_B)
+    } else {
+        (BASELINE, WITH_BACKLOG)
+    };
+    let (base, with) = (pool(a), pool(b));
     if runs.len() < 2 || base.is_empty() || with.is_empty() {
         return;
     }
     println!();
     println!(
-        "pooled over {} runs: healthy publish→receive p99 {} ms ({} publishes) → {} ms \
-         beside the backlog ({} publishes): {:+.0} %; p50 {} → {} ms",
+        "pooled over {} runs: healthy publish→receive p99 {} ms ({} publishes, {}) → {} ms \
+         ({} publishes, {}): {:+.0} %; p50 {} → {} ms",
         runs.len(),
         fmt(pct(&base, 99.0)),
         base.len(),
+        a.trim_end_matches([':', ' ']),
         fmt(pct(&with, 99.0)),
         with.len(),
+        b.trim_end_matches([':', ' ']),
         rise(&base, &with),
         fmt(pct(&base, 50.0)),
         fmt(pct(&with, 50.0)),
@@ -1086,9 +1124,10 @@ fn print_pooled(runs: &[Run]) {
 }
 
 /// Diagnostics: with `HOOKLINE_BENCH_SAMPLES=DIR`, every publish of a phase as
-/// `unix time sent (ms),latency (ms)` lines in `DIR/<phase>.csv`, to line slow publishes up
-/// with what the machine and the database did at that moment.
-fn dump_samples(prefix: &str, pubs: &[Pub]) {
+/// `unix time sent (ms),publish latency (ms),publish→first receipt (ms)` lines in
+/// `DIR/<phase>.csv` (the last empty if nothing arrived), to line slow publishes up with what
+/// the machine and the database did at that moment.
+fn dump_samples(prefix: &str, pubs: &[Pub], first_hit: &HashMap<Uuid, Instant>) {
     let Some(dir) = std::env::var_os("HOOKLINE_BENCH_SAMPLES") else {
         return;
     };
@@ -1102,8 +1141,14 @@ fn dump_samples(prefix: &str, pubs: &[Pub]) {
     };
     let mut out = String::new();
     for p in pubs {
+        let e2e = first_hit.get(&p.id).map_or(String::new(), |at| {
+            format!(
+                "{:.3}",
+                at.saturating_duration_since(p.sent).as_secs_f64() * 1e3
+            )
+        });
         out += &format!(
-            "{:.1},{:.3}\n",
+            "{:.1},{:.3},{e2e}\n",
             unix_ms(p.sent),
             p.latency.as_secs_f64() * 1e3
         );
@@ -1293,6 +1338,9 @@ async fn run_once(sc: Scenario, kind: DbKind, args: &Args) -> Res<Run> {
     if sc == Scenario::Ceilings {
         return ceilings::run(kind, args).await;
     }
+    if sc == Scenario::Backlog && !args.sequential {
+        return backlog::run(kind, args).await;
+    }
     let mut server = Server::start(kind, args).await?;
     let r = run_on(sc, &server, args).await;
     let r = r.map_err(|e| format!("{e}\n--- server log (tail) ---\n{}", server.log_tail()));
@@ -1332,94 +1380,7 @@ async fn run_on(sc: Scenario, server: &Server, args: &Args) -> Res<Run> {
             phase_rows(&mut run, "", &pubs, &recv, None)?;
             run.put("publishes sent > 5 ms late (pacer)", late as f64);
         }
-        Scenario::Backlog => {
-            let rate = args.rate.unwrap_or(500.0);
-            let secs = args.duration.unwrap_or(BACKLOG_PHASE_SECS);
-            let fill = n_or(args, 100_000);
-            // The healthy destination takes `order.*`; the dead one takes everything.
-            api.create_destination("healthy", &recv.url(0), &["order.*"])
-                .await?;
-            let cpu = Cpu::start(server);
-            writeback(args.writeback, &mut run, BASELINE, server).await?;
-            // 1. Baseline: the healthy destination alone at a steady rate.
-            let phase_cpu = Cpu::start(server);
-            let (base, _) = publish_paced(&api, rate, secs, "order.created").await?;
-            recv.wait_for(base.len(), args.timeout, stall).await?;
-            phase_cpu.finish_as(BASELINE, server, &mut run).await;
-            let rss_before = server.rss();
-            phase_rows(&mut run, BASELINE, &base, &recv, None)?;
-            // 2. A dead destination, filled with `fill` deliveries.
-            let dead = match args.dead {
-                DeadMode::Status500 => {
-                    Some(Receiver::start(StatusCode::INTERNAL_SERVER_ERROR).await?)
-                }
-                DeadMode::Refuse => None,
-                DeadMode::Control => Some(Receiver::start(StatusCode::NO_CONTENT).await?),
-            };
-            let dead_url = match &dead {
-                Some(d) => d.url(1),
-                None => format!("http://127.0.0.1:{}/d/1", free_port()?),
-            };
-            api.create_destination("dead", &dead_url, &["*"]).await?;
-            let t_fill = Instant::now();
-            let filled = publish_closed(&api, fill, c, "audit.logged", args.timeout).await?;
-            run.put(
-                "backlog: fill events published/s",
-                filled.len() as f64 / t_fill.elapsed().as_secs_f64(),
-            );
-            if let (DeadMode::Control, Some(d)) = (args.dead, &dead) {
-                d.wait_for(filled.len(), args.timeout, stall).await?;
-            }
-            // Optionally let the fill's writes reach the disk first (separates the backlog's
-            // effect from the aftermath of writing it).
-            if let Some(s) = args.settle {
-                tokio::time::sleep(Duration::from_secs_f64(s)).await;
-            }
-            // Both steady phases start with the page cache written back (`--writeback`,
-            // default `sync`): the fill dirties ≈ 70 MB of new table pages in seconds, which the
-            // kernel would otherwise write in one burst 30 s later, inside the second phase
-            // (BENCHMARKS.md, sessions 11–12). A backlog that builds up over hours is written
-            // back as it grows.
-            writeback(args.writeback, &mut run, WITH_BACKLOG, server).await?;
-            // 3. The same steady load again, now beside the backlog.
-            let mark = recv.state.unique.load(Ordering::Relaxed);
-            let phase_cpu = Cpu::start(server);
-            let (during, _) = publish_paced(&api, rate, secs, "order.created").await?;
-            recv.wait_for(mark + during.len(), args.timeout, stall)
-                .await?;
-            phase_cpu.finish_as(WITH_BACKLOG, server, &mut run).await;
-            phase_rows(&mut run, WITH_BACKLOG, &during, &recv, None)?;
-            run.put(
-                "healthy publish→receive p99 rise (%)",
-                rise(&run.e2e[BASELINE], &run.e2e[WITH_BACKLOG]),
-            );
-            run.put("server RSS after baseline (MiB)", rss_before);
-            run.put("server RSS with backlog (MiB)", server.rss());
-            let pending = api
-                .gql(
-                    "query { destinations(first: 10) { edges { node { name status stats { pendingDeliveries } } } } }",
-                    json!({}),
-                )
-                .await?;
-            let mut dead_pending = f64::NAN;
-            if let Some(edges) = pending["destinations"]["edges"].as_array() {
-                for e in edges {
-                    if e["node"]["name"] == "dead" {
-                        dead_pending = e["node"]["stats"]["pendingDeliveries"]
-                            .as_f64()
-                            .unwrap_or(f64::NAN);
-                    }
-                }
-            }
-            run.put("dead destination: pending deliveries", dead_pending);
-            run.put(
-                "dead destination: requests received",
-                dead.as_ref()
-                    .map(|d| d.state.requests.load(Ordering::Relaxed) as f64)
-                    .unwrap_or(f64::NAN),
-            );
-            cpu.finish(server, &mut run).await;
-        }
+        Scenario::Backlog => backlog::sequential(server, &api, &recv, args, &mut run).await?,
         Scenario::Ceilings => return Err("`ceilings` runs without a server".into()),
         Scenario::Live => {
             // `single`'s load, watched by two `deliveryAttempts` subscribers: one asking for
@@ -1527,25 +1488,38 @@ fn describe(sc: Scenario, args: &Args) -> String {
             args.duration.unwrap_or(30.0)
         ),
         Scenario::Backlog => {
-            format!(
-                "healthy at {}/s for {} s, then a dead destination ({}) filled with {} events, then{} the same load again",
+            let dead = match args.dead {
+                DeadMode::Status500 => "answers 500",
+                DeadMode::Refuse => "refuses connections",
+                DeadMode::Control => "control: answers 204, all delivered before the load",
+            };
+            let settle = match args.settle {
+                Some(s) => format!(" after {s} s"),
+                None => String::new(),
+            };
+            let (rate, secs, fill) = (
                 args.rate.unwrap_or(500.0),
                 args.duration.unwrap_or(BACKLOG_PHASE_SECS),
-                match args.dead {
-                    DeadMode::Status500 => "answers 500",
-                    DeadMode::Refuse => "refuses connections",
-                    DeadMode::Control => "control: answers 204, delivered before the second phase",
-                },
                 n_or(args, 100_000),
-                match args.settle {
-                    Some(s) => format!(" after {s} s"),
-                    None => String::new(),
+            );
+            let order = if args.sequential {
+                format!(
+                    "healthy at {rate}/s for {secs} s, then a dead destination ({dead}) filled \
+                     with {fill} events, then{settle} the same load again"
+                )
+            } else {
+                format!(
+                    "two servers, healthy at {rate}/s on each for {secs} s in 5-s turns, A B B A …; \
+                     the second also has a dead destination ({dead}) filled with {fill} events \
+                     before the turns{settle}"
+                )
+            };
+            order
+                + match args.writeback {
+                    Writeback::Checkpoint => "; loads start after a checkpoint and `sync`",
+                    Writeback::Sync => "; loads start after `sync`",
+                    Writeback::None => "; nothing written back before the loads",
                 }
-            ) + match args.writeback {
-                Writeback::Checkpoint => "; each phase starts after a checkpoint and `sync`",
-                Writeback::Sync => "; each phase starts after `sync`",
-                Writeback::None => "; nothing written back before the phases",
-            }
         }
         Scenario::Live => format!(
             "{} events, 1 destination, {} concurrent publishers, 2 deliveryAttempts subscribers",
