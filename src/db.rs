@@ -161,8 +161,12 @@ pub async fn connect(cfg: &Config) -> Result<Db, DbErr> {
 /// work on a reader connection instead; this limit only bounds the WAL should it fall behind.
 pub const SQLITE_WAL_BACKSTOP_PAGES: u32 = 10_000;
 
-/// How often [`spawn_sqlite_checkpointer`] checkpoints.
-pub const SQLITE_CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// How often [`spawn_sqlite_checkpointer`] checkpoints. Often, so that each checkpoint is
+/// short: while one copies and syncs, the publishes that commit meanwhile wait longer (on two
+/// cores), and the longer it runs, the more of them do. Against 250 ms, every 100 ms took
+/// ≈ 20 % off the healthy p99 of `backlog` for ≈ 3 % more CPU; every second doubled it
+/// (BENCHMARKS.md, session 14).
+pub const SQLITE_CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// SQLite: copies the WAL into the database every [`SQLITE_CHECKPOINT_EVERY`] from a reader
 /// connection, until `shutdown`. A `PASSIVE` checkpoint never blocks the writer or the

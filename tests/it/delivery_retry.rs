@@ -302,6 +302,58 @@ both!(
     }
 );
 
+// Parked deliveries are still pending: `pendingDeliveries` counts them, and deleting their
+// destination discards them too, though nothing will ever make them due.
+both!(
+    parked_deliveries_are_pending_and_discarded_with_their_destination,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let tok = token("t1", "read write publish");
+        let rx = Receiver::start().await;
+        let (dest, mut ids) = failing_destination(&s, &tok, &rx, json!({})).await;
+        for i in 5..7 {
+            ids.push(publish(&s, &tok, "job.done", json!({"i": i})).await);
+        }
+        let q = "query($id: ID!, $f: DeliveryFilter) {
+               destination(id: $id) { stats { pendingDeliveries } }
+               deliveries(first: 100, filter: $f) { nodes { nextAttemptAt completedAt } } }";
+        let d = eventually(T, "all parked", || async {
+            let d = s
+                .ok(&tok, q, json!({"id": dest, "f": {"destinationId": dest}}))
+                .await;
+            let nodes = d["deliveries"]["nodes"].as_array().unwrap().clone();
+            let parked = nodes.len() == 7
+                && nodes
+                    .iter()
+                    .all(|n| n["nextAttemptAt"].is_null() && n["completedAt"].is_null());
+            parked.then_some(d)
+        })
+        .await;
+        assert_eq!(d["destination"]["stats"]["pendingDeliveries"], 7, "{d}");
+
+        s.ok(
+            &tok,
+            "mutation($id: ID!) { deleteDestination(id: $id) }",
+            json!({"id": dest}),
+        )
+        .await;
+        for ev in &ids {
+            let r = s
+                .ok(
+                    &tok,
+                    "query($id: ID!) { event(id: $id) { deliveries { nodes {
+                       status completedAt lastError } } } }",
+                    json!({"id": ev}),
+                )
+                .await;
+            let n = &r["event"]["deliveries"]["nodes"][0];
+            assert_eq!(n["status"], "DISCARDED", "{r}");
+            assert!(!n["completedAt"].is_null(), "{r}");
+            assert_eq!(n["lastError"], "destination deleted", "{r}");
+        }
+    }
+);
+
 // A lossy destination is never parked: while its circuit is open, what it is sent is
 // discarded at once instead of waiting for the probe.
 both!(

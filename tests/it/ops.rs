@@ -29,7 +29,7 @@ async fn metrics_expose_deliveries_queue_and_errors() {
         "metrics with the attempt",
         || async {
             let text = metrics_text(&s).await?;
-            // SQLite's background checkpointer reports after its first pass (250 ms).
+            // SQLite's background checkpointer reports after its first pass (100 ms).
             (text.contains("hookline_attempts_total{outcome=\"success\"}")
                 && text.contains("hookline_sqlite_wal_pending_pages"))
             .then_some(text)
