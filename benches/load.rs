@@ -104,6 +104,9 @@ impl Scenario {
 /// 10 s the second phase's p99 moved by −17 %, −10 % and +68 % against the first.
 const BACKLOG_PHASE_SECS: f64 = 30.0;
 
+/// How long the bench waits for deliveries while none arrives before it gives up.
+const STALL: Duration = Duration::from_secs(30);
+
 /// `backlog`: what is written back before each steady phase (see [`writeback`]).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Writeback {
@@ -1289,20 +1292,48 @@ impl Watcher {
     }
 }
 
-/// CPU counters taken at a phase's start.
-struct Cpu {
+/// The server's and this process's CPU seconds and the wall clock, taken at a phase's start.
+struct Clocks {
     server: f64,
     me: f64,
     wall: Instant,
+}
+
+/// What a phase spent since its [`Clocks`] were taken, in seconds.
+struct Spent {
+    wall: f64,
+    server: f64,
+    me: f64,
+}
+
+impl Clocks {
+    fn start(s: &Server) -> Self {
+        Clocks {
+            server: s.cpu(),
+            me: cpu_secs("self").unwrap_or(f64::NAN),
+            wall: Instant::now(),
+        }
+    }
+
+    fn spent(&self, s: &Server) -> Spent {
+        Spent {
+            wall: self.wall.elapsed().as_secs_f64(),
+            server: s.cpu() - self.server,
+            me: cpu_secs("self").unwrap_or(f64::NAN) - self.me,
+        }
+    }
+}
+
+/// CPU counters taken at a phase's start, PostgreSQL's included.
+struct Cpu {
+    clocks: Clocks,
     pg: Option<PgCpu>,
 }
 
 impl Cpu {
     fn start(s: &Server) -> Self {
         Cpu {
-            server: s.cpu(),
-            me: cpu_secs("self").unwrap_or(f64::NAN),
-            wall: Instant::now(),
+            clocks: Clocks::start(s),
             pg: s.pg.as_ref().map(|(_, name)| PgCpu::start(name.clone())),
         }
     }
@@ -1314,16 +1345,17 @@ impl Cpu {
 
     /// The CPU rows, each name prefixed by `phase`.
     async fn finish_as(self, phase: &str, s: &Server, run: &mut Run) {
-        let wall = self.wall.elapsed().as_secs_f64();
-        let server = s.cpu() - self.server;
-        let me = cpu_secs("self").unwrap_or(f64::NAN) - self.me;
-        run.put(&format!("{phase}wall time (s)"), wall);
-        run.put(&format!("{phase}server CPU (s)"), server);
+        let spent = self.clocks.spent(s);
+        run.put(&format!("{phase}wall time (s)"), spent.wall);
+        run.put(&format!("{phase}server CPU (s)"), spent.server);
         match self.pg {
             Some(pg) => run.put(&format!("{phase}PostgreSQL CPU (s)"), pg.finish().await),
             None => run.put(&format!("{phase}SQLite CPU (s, inside server)"), f64::NAN),
         }
-        run.put(&format!("{phase}bench CPU: load gen + receiver (s)"), me);
+        run.put(
+            &format!("{phase}bench CPU: load gen + receiver (s)"),
+            spent.me,
+        );
     }
 }
 
@@ -1353,7 +1385,7 @@ async fn run_on(sc: Scenario, server: &Server, args: &Args) -> Res<Run> {
     let api = Api::new(server, c)?;
     let recv = Receiver::start(StatusCode::NO_CONTENT).await?;
     let mut run = Run::default();
-    let stall = Duration::from_secs(30);
+    let stall = STALL;
     match sc {
         Scenario::Single | Scenario::Fanout => {
             let (n, dests) = match sc {

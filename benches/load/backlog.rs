@@ -24,8 +24,8 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use super::{
-    Api, Args, BACKLOG_PHASE_SECS, BASELINE, Cpu, DbKind, DeadMode, Pub, Receiver, Res, Run,
-    Server, WITH_BACKLOG, cpu_secs, free_port, n_or, phase_rows, phase_rows_at, publish_closed,
+    Api, Args, BACKLOG_PHASE_SECS, BASELINE, Clocks, Cpu, DbKind, DeadMode, Pub, Receiver, Res,
+    Run, STALL, Server, WITH_BACKLOG, free_port, n_or, phase_rows, phase_rows_at, publish_closed,
     publish_paced, rise, writeback,
 };
 
@@ -41,10 +41,6 @@ pub(super) const ARM_B: &str = "B: ";
 /// The second build to compare, if any.
 fn bin_b() -> Option<String> {
     std::env::var("HOOKLINE_BENCH_BIN_B").ok()
-}
-
-fn stall() -> Duration {
-    Duration::from_secs(30)
 }
 
 /// The dead destination: a receiver answering 500 (or 204, the control), or a closed port.
@@ -79,7 +75,7 @@ impl Dead {
             filled.len() as f64 / t_fill.elapsed().as_secs_f64(),
         );
         if let (DeadMode::Control, Some(d)) = (args.dead, &self.recv) {
-            d.wait_for(filled.len(), args.timeout, stall()).await?;
+            d.wait_for(filled.len(), args.timeout, STALL).await?;
         }
         // Optionally let the fill's writes reach the disk first (separates the backlog's
         // effect from the aftermath of writing it).
@@ -139,7 +135,7 @@ pub(super) async fn sequential(
     // 1. Baseline: the healthy destination alone at a steady rate.
     let phase_cpu = Cpu::start(server);
     let (base, _) = publish_paced(api, rate, secs, "order.created").await?;
-    recv.wait_for(base.len(), args.timeout, stall()).await?;
+    recv.wait_for(base.len(), args.timeout, STALL).await?;
     phase_cpu.finish_as(BASELINE, server, run).await;
     let rss_before = server.rss();
     phase_rows(run, BASELINE, &base, recv, None)?;
@@ -155,7 +151,7 @@ pub(super) async fn sequential(
     let mark = recv.state.unique.load(Ordering::Relaxed);
     let phase_cpu = Cpu::start(server);
     let (during, _) = publish_paced(api, rate, secs, "order.created").await?;
-    recv.wait_for(mark + during.len(), args.timeout, stall())
+    recv.wait_for(mark + during.len(), args.timeout, STALL)
         .await?;
     phase_cpu.finish_as(WITH_BACKLOG, server, run).await;
     phase_rows(run, WITH_BACKLOG, &during, recv, None)?;
@@ -187,18 +183,15 @@ impl Arm<'_> {
     async fn turn(&mut self, recv: &Receiver, args: &Args, secs: f64, counted: bool) -> Res<()> {
         let rate = load(args).0;
         let mark = recv.state.unique.load(Ordering::Relaxed);
-        let (cpu0, me0, t0) = (
-            self.server.cpu(),
-            cpu_secs("self").unwrap_or(f64::NAN),
-            Instant::now(),
-        );
+        let clocks = Clocks::start(self.server);
         let (pubs, _) = publish_paced(&self.api, rate, secs, "order.created").await?;
-        recv.wait_for(mark + pubs.len(), args.timeout, stall())
+        recv.wait_for(mark + pubs.len(), args.timeout, STALL)
             .await?;
         if counted {
-            self.busy += t0.elapsed().as_secs_f64();
-            self.server_cpu += self.server.cpu() - cpu0;
-            self.bench_cpu += cpu_secs("self").unwrap_or(f64::NAN) - me0;
+            let spent = clocks.spent(self.server);
+            self.busy += spent.wall;
+            self.server_cpu += spent.server;
+            self.bench_cpu += spent.me;
             self.pubs.extend(pubs);
         }
         Ok(())
