@@ -978,6 +978,9 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 struct Run {
     rows: Vec<(String, f64)>,
     e2e: HashMap<String, Vec<f64>>,
+    /// Interleaved `backlog`: per pair of adjacent turns, the second server's p99 against the
+    /// first's (%), to be pooled over runs too.
+    turn_rises: Vec<f64>,
 }
 
 impl Run {
@@ -997,6 +1000,38 @@ fn phase_rows(
     phase_rows_at(run, prefix, pubs, recv, dests, None)
 }
 
+/// What the receiver got of `pubs` (only from `dests`, when given).
+struct Received {
+    /// Publish→receive latencies (ms), sorted.
+    e2e: Vec<f64>,
+    first_hit: HashMap<Uuid, Instant>,
+    /// The last arrival, if any.
+    last: Option<Instant>,
+}
+
+fn received(pubs: &[Pub], recv: &Receiver, dests: Option<&HashSet<u32>>) -> Received {
+    let sent: HashMap<Uuid, Instant> = pubs.iter().map(|p| (p.id, p.sent)).collect();
+    let book = recv.state.book.lock().unwrap();
+    let mut e2e = Vec::with_capacity(pubs.len());
+    let mut first_hit: HashMap<Uuid, Instant> = HashMap::new();
+    let mut last: Option<Instant> = None;
+    for h in &book.hits {
+        if dests.is_some_and(|d| !d.contains(&h.dest)) {
+            continue;
+        }
+        if let Some(s) = sent.get(&h.id) {
+            e2e.push(h.at.saturating_duration_since(*s).as_secs_f64() * 1e3);
+            last = Some(last.map_or(h.at, |l| l.max(h.at)));
+            first_hit.entry(h.id).or_insert(h.at);
+        }
+    }
+    Received {
+        e2e: sorted(e2e),
+        first_hit,
+        last,
+    }
+}
+
 /// [`phase_rows`]; the rates over `wall` seconds when given (a phase spread over several
 /// turns), else from the first publish to the last answer or delivery.
 fn phase_rows_at(
@@ -1014,23 +1049,13 @@ fn phase_rows_at(
         .ok_or("nothing published")?;
     let last_answer = pubs.iter().map(|p| p.sent + p.latency).max().unwrap();
     let pub_lat = sorted(pubs.iter().map(|p| p.latency.as_secs_f64() * 1e3).collect());
-    let sent: HashMap<Uuid, Instant> = pubs.iter().map(|p| (p.id, p.sent)).collect();
-    let book = recv.state.book.lock().unwrap();
-    let mut e2e = Vec::with_capacity(book.hits.len());
-    let mut first_hit: HashMap<Uuid, Instant> = HashMap::new();
-    let mut last = first_sent;
-    for h in &book.hits {
-        if dests.is_some_and(|d| !d.contains(&h.dest)) {
-            continue;
-        }
-        if let Some(s) = sent.get(&h.id) {
-            e2e.push(h.at.saturating_duration_since(*s).as_secs_f64() * 1e3);
-            last = last.max(h.at);
-            first_hit.entry(h.id).or_insert(h.at);
-        }
-    }
+    let Received {
+        e2e,
+        first_hit,
+        last,
+    } = received(pubs, recv, dests);
+    let last = last.unwrap_or(first_sent);
     dump_samples(prefix, pubs, &first_hit);
-    let e2e = sorted(e2e);
     let pub_wall = wall.unwrap_or((last_answer - first_sent).as_secs_f64());
     let e2e_wall = wall.unwrap_or((last - first_sent).as_secs_f64());
     run.put(&format!("{prefix}events published"), pubs.len() as f64);
@@ -1124,6 +1149,21 @@ fn print_pooled(runs: &[Run]) {
         fmt(pct(&base, 50.0)),
         fmt(pct(&with, 50.0)),
     );
+    let pairs = sorted(
+        runs.iter()
+            .flat_map(|r| r.turn_rises.iter().copied())
+            .collect(),
+    );
+    if !pairs.is_empty() {
+        println!(
+            "per pair of adjacent 5-s turns, over {} pairs: median {:+.0} %, {} of {} with {} slower",
+            pairs.len(),
+            pct(&pairs, 50.0),
+            pairs.iter().filter(|r| **r > 0.0).count(),
+            pairs.len(),
+            b.trim_end_matches([':', ' ']),
+        );
+    }
 }
 
 /// Diagnostics: with `HOOKLINE_BENCH_SAMPLES=DIR`, every publish of a phase as

@@ -16,6 +16,13 @@
 //! destination and its fill, the first runs `HOOKLINE_BENCH_BIN` (or the bench's own build),
 //! the second this one, and the rows are `A:` and `B:`. The turns take the machine's drift out
 //! of an A/B comparison as they take it out of the backlog's.
+//!
+//! Interleaved runs also compare the servers turn by turn: each pair of adjacent turns (5 s on
+//! one, then 5 s on the other) gives the second server's p99 against the first's, and the
+//! median over the pairs is printed per run and over all runs. A pause of the machine falls in
+//! one turn and makes one pair an outlier, where it moves that server's p99 for the whole run.
+//! The target's figure stays the rise of the whole run's p99; the pairs are for deciding
+//! whether a change helped.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -25,8 +32,8 @@ use serde_json::json;
 
 use super::{
     Api, Args, BACKLOG_PHASE_SECS, BASELINE, Clocks, Cpu, DbKind, DeadMode, Pub, Receiver, Res,
-    Run, STALL, Server, WITH_BACKLOG, free_port, n_or, phase_rows, phase_rows_at, publish_closed,
-    publish_paced, rise, writeback,
+    Run, STALL, Server, WITH_BACKLOG, free_port, n_or, pct, phase_rows, phase_rows_at,
+    publish_closed, publish_paced, received, rise, sorted, writeback,
 };
 
 /// Interleaved: how long each turn of the steady load lasts.
@@ -176,6 +183,8 @@ struct Arm<'a> {
     busy: f64,
     server_cpu: f64,
     bench_cpu: f64,
+    /// Each counted turn's publish→receive p99 (ms).
+    turn_p99: Vec<f64>,
 }
 
 impl Arm<'_> {
@@ -192,6 +201,8 @@ impl Arm<'_> {
             self.busy += spent.wall;
             self.server_cpu += spent.server;
             self.bench_cpu += spent.me;
+            self.turn_p99
+                .push(pct(&received(&pubs, recv, None).e2e, 99.0));
             self.pubs.extend(pubs);
         }
         Ok(())
@@ -249,6 +260,7 @@ async fn interleaved(base: &Server, with: &Server, args: &Args) -> Res<Run> {
             busy: 0.0,
             server_cpu: 0.0,
             bench_cpu: 0.0,
+            turn_p99: Vec::new(),
         })
     };
     let (pa, pb) = if compare {
@@ -295,6 +307,22 @@ async fn interleaved(base: &Server, with: &Server, args: &Args) -> Res<Run> {
         "healthy publish→receive p99 rise (%)"
     };
     run.put(rise_row, rise(&run.e2e[pa], &run.e2e[pb]));
+    // A pause of the machine lands in one turn, and one server's p99 for the whole run takes
+    // it; the pairs of adjacent turns, each under the same conditions, show it as one outlier.
+    run.turn_rises = a
+        .turn_p99
+        .iter()
+        .zip(&b.turn_p99)
+        .map(|(a, b)| (b / a - 1.0) * 100.0)
+        .collect();
+    let pairs = sorted(run.turn_rises.clone());
+    run.put(
+        &format!(
+            "{}, median over turn pairs",
+            rise_row.trim_end_matches(" (%)")
+        ),
+        pct(&pairs, 50.0),
+    );
     run.put("second server RSS before the fill (MiB)", rss_before);
     run.put("second server RSS with backlog (MiB)", with.rss());
     run.put("second server peak RSS VmHWM (MiB)", with.hwm());
