@@ -22,6 +22,7 @@ mod m20261124_000002_hot_path;
 mod m20261124_000003_rules_epoch;
 mod m20261124_000004_unfinished_index;
 mod m20261125_000005_id_keyed_indexes;
+mod m20261207_000006_queued_index;
 
 pub struct Migrator;
 
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_rules_epoch::Migration),
             Box::new(m20261124_000004_unfinished_index::Migration),
             Box::new(m20261125_000005_id_keyed_indexes::Migration),
+            Box::new(m20261207_000006_queued_index::Migration),
         ]
     }
 }

@@ -28,7 +28,7 @@ const INDEXES: [&str; 14] = [
     "idx_delivery_tenant_dest_id",
     "idx_delivery_event",
     "idx_delivery_tenant_id",
-    "idx_delivery_dest_unfinished",
+    "idx_delivery_dest_queued",
     "idx_delivery_parked",
     "idx_attempt_delivery",
     "idx_attempt_dest_started",

@@ -374,7 +374,9 @@ pub(super) async fn write_health_all(
     }
     for h in all.values() {
         if let Some(until) = h.release_held_until {
-            release_held(h.destination_id, until).exec(db).await?;
+            for q in release_held(h.destination_id, until) {
+                q.exec(db).await?;
+            }
         }
     }
     Ok(())
@@ -387,9 +389,11 @@ pub(super) fn sqlite_health(all: &HashMap<Uuid, HealthUpdate>) -> Vec<sea_orm::S
         .values()
         .map(|h| health(h).build(DbBackend::Sqlite))
         .collect();
-    stmts.extend(all.values().filter_map(|h| {
-        let until = h.release_held_until?;
-        Some(release_held(h.destination_id, until).build(DbBackend::Sqlite))
+    stmts.extend(all.values().flat_map(|h| {
+        h.release_held_until
+            .into_iter()
+            .flat_map(|until| release_held(h.destination_id, until))
+            .map(|q| q.build(DbBackend::Sqlite))
     }));
     stmts
 }
@@ -436,24 +440,25 @@ fn health(h: &HealthUpdate) -> sea_orm::UpdateMany<destination::Entity> {
 }
 
 /// A probe closed the circuit: what the open circuit held back is due now — the deliveries
-/// parked while it was open, and those given back until the probe's reservation ended.
+/// parked while it was open, and those given back until the probe's reservation ended. Two
+/// statements, one per index: parked deliveries are only in `idx_delivery_parked`, the others
+/// only in `idx_delivery_dest_queued` (migration 6).
 fn release_held(
     destination_id: Uuid,
     until: DateTime<Utc>,
-) -> sea_orm::UpdateMany<delivery::Entity> {
+) -> [sea_orm::UpdateMany<delivery::Entity>; 2] {
     let t = now();
-    delivery::Entity::update_many()
-        .col_expr(delivery::Column::NextAttemptAt, Expr::value(t))
-        .filter(delivery::Column::DestinationId.eq(destination_id))
-        .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY"]))
-        .filter(delivery::Column::CompletedAt.is_null())
-        .filter(
-            sea_orm::Condition::any()
-                .add(delivery::Column::NextAttemptAt.is_null())
-                .add(
-                    sea_orm::Condition::all()
-                        .add(delivery::Column::NextAttemptAt.gt(t))
-                        .add(delivery::Column::NextAttemptAt.lte(until)),
-                ),
-        )
+    let held = || {
+        delivery::Entity::update_many()
+            .col_expr(delivery::Column::NextAttemptAt, Expr::value(t))
+            .filter(delivery::Column::DestinationId.eq(destination_id))
+            .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY"]))
+            .filter(delivery::Column::CompletedAt.is_null())
+    };
+    [
+        held().filter(delivery::Column::NextAttemptAt.is_null()),
+        held()
+            .filter(delivery::Column::NextAttemptAt.gt(t))
+            .filter(delivery::Column::NextAttemptAt.lte(until)),
+    ]
 }

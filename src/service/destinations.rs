@@ -282,22 +282,32 @@ pub async fn delete(db: &DatabaseConnection, p: &Principal, id: Uuid) -> AppResu
     if res.rows_affected == 0 {
         return Err(AppError::NotFound("destination"));
     }
-    delivery::Entity::update_many()
-        .col_expr(delivery::Column::Status, Expr::value("DISCARDED"))
-        .col_expr(
-            delivery::Column::NextAttemptAt,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .col_expr(delivery::Column::CompletedAt, Expr::value(t))
-        .col_expr(
-            delivery::Column::LastError,
-            Expr::value("destination deleted"),
-        )
-        .filter(delivery::Column::DestinationId.eq(id))
-        .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY", "DELIVERING"]))
-        .filter(delivery::Column::CompletedAt.is_null())
-        .exec(&txn)
-        .await?;
+    // Queued and parked deliveries are in two indexes (`idx_delivery_dest_queued`,
+    // `idx_delivery_parked`; migration 6): one statement for each.
+    for parked in [false, true] {
+        let due = if parked {
+            delivery::Column::NextAttemptAt.is_null()
+        } else {
+            delivery::Column::NextAttemptAt.is_not_null()
+        };
+        delivery::Entity::update_many()
+            .col_expr(delivery::Column::Status, Expr::value("DISCARDED"))
+            .col_expr(
+                delivery::Column::NextAttemptAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(delivery::Column::CompletedAt, Expr::value(t))
+            .col_expr(
+                delivery::Column::LastError,
+                Expr::value("destination deleted"),
+            )
+            .filter(delivery::Column::DestinationId.eq(id))
+            .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY", "DELIVERING"]))
+            .filter(delivery::Column::CompletedAt.is_null())
+            .filter(due)
+            .exec(&txn)
+            .await?;
+    }
     txn.commit().await?;
     Ok(id)
 }

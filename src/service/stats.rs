@@ -122,25 +122,38 @@ struct PendingRow {
     n: i64,
 }
 
-/// Unfinished deliveries per destination, one grouped query on `idx_delivery_dest_unfinished`
-/// (the `completed_at IS NULL` term lets the planner use that partial index; unfinished
-/// statuses never carry a `completed_at`).
+/// Unfinished deliveries per destination: one grouped query on `idx_delivery_dest_queued` (those
+/// with a time to be attempted at) and one on `idx_delivery_parked` (parked ones, with none),
+/// added up. Each query's `completed_at IS NULL` and `next_attempt_at` terms are what let the
+/// planner use that partial index; unfinished statuses never carry a `completed_at`.
 async fn pending_counts(
     db: &impl ConnectionTrait,
     ids: &[Uuid],
 ) -> AppResult<std::collections::HashMap<Uuid, i64>> {
-    let rows = delivery::Entity::find()
-        .select_only()
-        .column(delivery::Column::DestinationId)
-        .column_as(delivery::Column::Id.count(), "n")
-        .filter(delivery::Column::DestinationId.is_in(ids.iter().copied()))
-        .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY", "DELIVERING"]))
-        .filter(delivery::Column::CompletedAt.is_null())
-        .group_by(delivery::Column::DestinationId)
-        .into_model::<PendingRow>()
-        .all(db)
-        .await?;
-    Ok(rows.into_iter().map(|r| (r.destination_id, r.n)).collect())
+    let mut counts = std::collections::HashMap::new();
+    for parked in [false, true] {
+        let due = if parked {
+            delivery::Column::NextAttemptAt.is_null()
+        } else {
+            delivery::Column::NextAttemptAt.is_not_null()
+        };
+        let rows = delivery::Entity::find()
+            .select_only()
+            .column(delivery::Column::DestinationId)
+            .column_as(delivery::Column::Id.count(), "n")
+            .filter(delivery::Column::DestinationId.is_in(ids.iter().copied()))
+            .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY", "DELIVERING"]))
+            .filter(delivery::Column::CompletedAt.is_null())
+            .filter(due)
+            .group_by(delivery::Column::DestinationId)
+            .into_model::<PendingRow>()
+            .all(db)
+            .await?;
+        for r in rows {
+            *counts.entry(r.destination_id).or_insert(0) += r.n;
+        }
+    }
+    Ok(counts)
 }
 
 /// Time buckets for charts, oldest first, empty buckets included.

@@ -189,8 +189,8 @@ both!(
                 assert_eq!(node["stats"]["pendingDeliveries"], 0, "{node}");
             }
             // The page, the subscriptions, and the statistics (the destinations, their
-            // rollups, their pending counts).
-            assert_eq!(sql.len(), 5, "{n} destinations: {sql:#?}");
+            // rollups, their pending counts: queued and parked, one statement per index).
+            assert_eq!(sql.len(), 6, "{n} destinations: {sql:#?}");
         }
     }
 );
