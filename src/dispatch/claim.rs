@@ -243,8 +243,9 @@ pub async fn unpark_recovered(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
 /// `backlog` benchmark), and with fresh statistics a correlated `LIMIT 1` probe can become a
 /// sequential scan that hopes to meet a match early. An ordered `LIMIT 1` on the indexed
 /// column leaves PostgreSQL no cheaper path than the index; SQLite is told the index
-/// (`INDEXED BY`), since without statistics it would pick another index keyed by destination and
-/// filter its rows one by one.
+/// (`INDEXED BY`): without statistics it picked `idx_delivery_dest_unfinished` and filtered its
+/// rows one by one while that index also held parked rows (before migration 6), and the hint
+/// keeps any later index from doing the same.
 pub fn parked_destinations_sql(backend: DbBackend) -> String {
     let idx = if backend == DbBackend::Sqlite {
         " INDEXED BY idx_delivery_parked"

@@ -22,6 +22,24 @@ pub const ALL_STATUSES: &[&str] = &[
 /// Statuses a delivery can be replayed from: finished ones.
 pub const REPLAYABLE: &[&str] = &["SUCCEEDED", "FAILED", "DISCARDED"];
 
+/// A destination's unfinished deliveries, as one condition per partial index that holds them
+/// (migration 6): those with a time to be attempted at are in `idx_delivery_dest_queued`,
+/// parked ones (no time: a failing destination's, until a probe closes its circuit) in
+/// `idx_delivery_parked`. Each condition implies its index's predicate, so a statement over
+/// all of them runs once per condition, each on its index; `OR`ed, neither index could serve
+/// it. Add the destination term to each.
+pub fn unfinished_by_index() -> [sea_orm::Condition; 2] {
+    let unfinished = || {
+        sea_orm::Condition::all()
+            .add(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY", "DELIVERING"]))
+            .add(delivery::Column::CompletedAt.is_null())
+    };
+    [
+        unfinished().add(delivery::Column::NextAttemptAt.is_not_null()),
+        unfinished().add(delivery::Column::NextAttemptAt.is_null()),
+    ]
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct DeliveryFilter {
     pub destination_id: Option<Uuid>,

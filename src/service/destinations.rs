@@ -282,14 +282,8 @@ pub async fn delete(db: &DatabaseConnection, p: &Principal, id: Uuid) -> AppResu
     if res.rows_affected == 0 {
         return Err(AppError::NotFound("destination"));
     }
-    // Queued and parked deliveries are in two indexes (`idx_delivery_dest_queued`,
-    // `idx_delivery_parked`; migration 6): one statement for each.
-    for parked in [false, true] {
-        let due = if parked {
-            delivery::Column::NextAttemptAt.is_null()
-        } else {
-            delivery::Column::NextAttemptAt.is_not_null()
-        };
+    // One statement per index that holds unfinished deliveries.
+    for unfinished in super::deliveries::unfinished_by_index() {
         delivery::Entity::update_many()
             .col_expr(delivery::Column::Status, Expr::value("DISCARDED"))
             .col_expr(
@@ -302,9 +296,7 @@ pub async fn delete(db: &DatabaseConnection, p: &Principal, id: Uuid) -> AppResu
                 Expr::value("destination deleted"),
             )
             .filter(delivery::Column::DestinationId.eq(id))
-            .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY", "DELIVERING"]))
-            .filter(delivery::Column::CompletedAt.is_null())
-            .filter(due)
+            .filter(unfinished)
             .exec(&txn)
             .await?;
     }

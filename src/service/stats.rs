@@ -122,29 +122,20 @@ struct PendingRow {
     n: i64,
 }
 
-/// Unfinished deliveries per destination: one grouped query on `idx_delivery_dest_queued` (those
-/// with a time to be attempted at) and one on `idx_delivery_parked` (parked ones, with none),
-/// added up. Each query's `completed_at IS NULL` and `next_attempt_at` terms are what let the
-/// planner use that partial index; unfinished statuses never carry a `completed_at`.
+/// Unfinished deliveries per destination: one grouped query per index that holds them
+/// ([`super::deliveries::unfinished_by_index`]), added up.
 async fn pending_counts(
     db: &impl ConnectionTrait,
     ids: &[Uuid],
 ) -> AppResult<std::collections::HashMap<Uuid, i64>> {
     let mut counts = std::collections::HashMap::new();
-    for parked in [false, true] {
-        let due = if parked {
-            delivery::Column::NextAttemptAt.is_null()
-        } else {
-            delivery::Column::NextAttemptAt.is_not_null()
-        };
+    for unfinished in super::deliveries::unfinished_by_index() {
         let rows = delivery::Entity::find()
             .select_only()
             .column(delivery::Column::DestinationId)
             .column_as(delivery::Column::Id.count(), "n")
             .filter(delivery::Column::DestinationId.is_in(ids.iter().copied()))
-            .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY", "DELIVERING"]))
-            .filter(delivery::Column::CompletedAt.is_null())
-            .filter(due)
+            .filter(unfinished)
             .group_by(delivery::Column::DestinationId)
             .into_model::<PendingRow>()
             .all(db)
