@@ -23,6 +23,7 @@ mod m20261124_000003_rules_epoch;
 mod m20261124_000004_unfinished_index;
 mod m20261125_000005_id_keyed_indexes;
 mod m20261207_000006_queued_index;
+mod m20261207_000007_parked_mark;
 
 pub struct Migrator;
 
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000004_unfinished_index::Migration),
             Box::new(m20261125_000005_id_keyed_indexes::Migration),
             Box::new(m20261207_000006_queued_index::Migration),
+            Box::new(m20261207_000007_parked_mark::Migration),
         ]
     }
 }

@@ -17,7 +17,8 @@ const TABLES: [&str; 6] = [
     "attempt_rollup",
 ];
 
-const INDEXES: [&str; 14] = [
+/// On both databases.
+const INDEXES: [&str; 13] = [
     "idx_destination_tenant_created",
     "ux_destination_tenant_name",
     "idx_subscription_destination",
@@ -29,10 +30,18 @@ const INDEXES: [&str; 14] = [
     "idx_delivery_event",
     "idx_delivery_tenant_id",
     "idx_delivery_dest_queued",
-    "idx_delivery_parked",
     "idx_attempt_delivery",
     "idx_attempt_dest_started",
 ];
+
+/// Where parked deliveries are found (migration 7): their own index on PostgreSQL, the
+/// destinations' marks on SQLite.
+fn parked_index(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Sqlite => "idx_destination_parked",
+        _ => "idx_delivery_parked",
+    }
+}
 
 async fn count(db: &DatabaseConnection, sql: String) -> i64 {
     let row = db
@@ -62,7 +71,8 @@ async fn count_tables(db: &DatabaseConnection) -> i64 {
 
 async fn count_indexes(db: &DatabaseConnection) -> i64 {
     let mut n = 0;
-    for index in INDEXES {
+    let parked = parked_index(db.get_database_backend());
+    for index in INDEXES.iter().copied().chain([parked]) {
         let sql = match db.get_database_backend() {
             DbBackend::Sqlite => format!(
                 "SELECT count(*) AS n FROM sqlite_master WHERE type = 'index' AND name = '{index}'"
@@ -79,7 +89,7 @@ async fn count_indexes(db: &DatabaseConnection) -> i64 {
 
 async fn assert_schema(db: &DatabaseConnection, present: bool) {
     let (tables, indexes) = if present {
-        (TABLES.len() as i64, INDEXES.len() as i64)
+        (TABLES.len() as i64, INDEXES.len() as i64 + 1)
     } else {
         (0, 0)
     };
@@ -170,6 +180,86 @@ async fn sqlite_up_down_up() {
     let db = Database::connect("sqlite::memory:").await.unwrap();
     up_down_up(&db).await;
     destination_round_trip(&db).await;
+}
+
+/// Migration 7 on SQLite: each destination's mark is its first parked delivery, set from the
+/// parked index before it goes; a destination with nothing parked has none.
+#[tokio::test]
+async fn sqlite_marks_from_parked_deliveries() {
+    let db = Database::connect("sqlite::memory:").await.unwrap();
+    Migrator::up(&db, Some(6)).await.unwrap();
+    let exec = |sql: &str, values: Vec<sea_orm::Value>| {
+        db.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            sql,
+            values,
+        ))
+    };
+    let (parked_dest, other_dest, event) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for d in [parked_dest, other_dest] {
+        exec(
+            "INSERT INTO destination (id, tenant_id, name, url, enabled, status, signing_scheme, \
+             signing_secret, headers, timeout_ms, payload_format, batch_size, batch_window_ms, \
+             max_in_flight, ordered, retry_schedule, max_attempts, lossy, tls_verify, \
+             consecutive_failures, version, created_at, updated_at, updated_by) \
+             VALUES (?, 't', ?, 'https://example.com', 1, 'FAILING', 'STANDARD_WEBHOOKS', 's', \
+             '[]', 1000, 'ENVELOPE', 1, 0, 1, 0, '[]', 3, 0, 1, 0, 1, \
+             '2026-01-01', '2026-01-01', 'test')",
+            vec![d.into(), d.to_string().into()],
+        )
+        .await
+        .unwrap();
+    }
+    exec(
+        "INSERT INTO event (id, tenant_id, event_type, level, payload, created_at) \
+         VALUES (?, 't', 'x', 'INFO', '{}', '2026-01-01')",
+        vec![event.into()],
+    )
+    .await
+    .unwrap();
+    // Three parked deliveries (the second the first by id), one due, one finished.
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    let rows = [
+        (ids[1], parked_dest, None, None),
+        (ids[0], parked_dest, None, None),
+        (ids[2], parked_dest, None, None),
+        (ids[3], other_dest, Some("2026-01-01"), None),
+        (ids[4], other_dest, None, Some("2026-01-01")),
+    ];
+    for (id, dest, next, done) in rows {
+        exec(
+            "INSERT INTO delivery (id, tenant_id, event_id, destination_id, event_type, status, \
+             attempt_count, next_attempt_at, created_at, completed_at) \
+             VALUES (?, 't', ?, ?, 'x', 'PENDING', 0, ?, '2026-01-01', ?)",
+            vec![
+                id.into(),
+                event.into(),
+                dest.into(),
+                next.map(str::to_string).into(),
+                done.map(str::to_string).into(),
+            ],
+        )
+        .await
+        .unwrap();
+    }
+    Migrator::up(&db, None).await.unwrap();
+    let mark = |d: Uuid| {
+        let db = &db;
+        async move {
+            db.query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                "SELECT parked_from FROM destination WHERE id = ?",
+                [d.into()],
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<Option<Uuid>>("", "parked_from")
+            .unwrap()
+        }
+    };
+    assert_eq!(mark(parked_dest).await, Some(ids[0]));
+    assert_eq!(mark(other_dest).await, None);
 }
 
 #[tokio::test]

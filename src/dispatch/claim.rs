@@ -169,6 +169,11 @@ pub async fn claim_parked(
     lease_until: DateTime<Utc>,
 ) -> Result<Option<Claimed>, DbErr> {
     let backend = db.get_database_backend();
+    if backend == DbBackend::Sqlite {
+        // Up to the first parked delivery, where the claim below then finds it.
+        db.execute_raw(crate::service::parked::tighten(destination_id))
+            .await?;
+    }
     let row = db
         .query_one_raw(crate::db::raw(
             backend,
@@ -181,29 +186,26 @@ pub async fn claim_parked(
 
 /// [`claim_parked`]'s statement; `$1` the lease's end, `$2` the owner, `$3` the destination.
 ///
-/// The parked delivery is looked up in `idx_delivery_parked` whatever the planner believes.
-/// With `destination_id = $3 … LIMIT 1`, PostgreSQL on fresh statistics that show a failing
-/// destination's parked rows as many bets on a sequential scan meeting one early, and reads
-/// every finished delivery stored before them first (50 000 rows on a scratch database, session
-/// 9; a table of months of history on a real one), on every probe. Written as a range of one
-/// value in index order, the sequential scan would have to sort what it finds, so the index is
-/// the cheaper plan, custom or generic. SQLite is told the index.
+/// PostgreSQL: the parked delivery is looked up in `idx_delivery_parked` whatever the planner
+/// believes. With `destination_id = $3 … LIMIT 1`, PostgreSQL on fresh statistics that show a
+/// failing destination's parked rows as many bets on a sequential scan meeting one early, and
+/// reads every finished delivery stored before them first (50 000 rows on a scratch database,
+/// session 9; a table of months of history on a real one), on every probe. Written as a range
+/// of one value in index order, the sequential scan would have to sort what it finds, so the
+/// index is the cheaper plan, custom or generic. SQLite has no parked index: the first parked
+/// delivery from the destination's mark ([`crate::service::parked::CLAIM_SQLITE`]).
 pub fn claim_parked_sql(backend: DbBackend) -> String {
-    let (lock, idx, dest) = match backend {
-        DbBackend::Postgres => (
-            " FOR UPDATE SKIP LOCKED",
-            "",
-            "destination_id >= $3 AND destination_id <= $3",
-        ),
-        _ => ("", " INDEXED BY idx_delivery_parked", "destination_id = $3"),
-    };
-    format!(
-        "UPDATE delivery SET status = 'DELIVERING', lease_until = $1, next_attempt_at = $1, \
-         lease_owner = $2 WHERE id = (SELECT id FROM delivery{idx} WHERE {dest} \
-         AND next_attempt_at IS NULL AND completed_at IS NULL \
-         AND status IN ('PENDING', 'AWAITING_RETRY') ORDER BY destination_id LIMIT 1{lock}) \
-         RETURNING id, tenant_id, event_id, destination_id, event_type, attempt_count, created_at"
-    )
+    if backend == DbBackend::Sqlite {
+        return crate::service::parked::CLAIM_SQLITE.to_string();
+    }
+    "UPDATE delivery SET status = 'DELIVERING', lease_until = $1, next_attempt_at = $1, \
+     lease_owner = $2 WHERE id = (SELECT id FROM delivery \
+     WHERE destination_id >= $3 AND destination_id <= $3 \
+     AND next_attempt_at IS NULL AND completed_at IS NULL \
+     AND status IN ('PENDING', 'AWAITING_RETRY') ORDER BY destination_id LIMIT 1 \
+     FOR UPDATE SKIP LOCKED) \
+     RETURNING id, tenant_id, event_id, destination_id, event_type, attempt_count, created_at"
+        .to_string()
 }
 
 /// Deliveries parked for an open circuit whose destination is no longer failing become due.
@@ -234,37 +236,35 @@ pub async fn unpark_recovered(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
 /// The destinations that have parked deliveries but are no longer failing (or are ordered,
 /// which are never parked on purpose).
 ///
-/// Written as a skip scan of `idx_delivery_parked`: each step is one descent of that index to
-/// the next destination that has a parked delivery, so the statement costs one index probe per
-/// such destination, never a pass over any destination's parked rows. The shape matters. The
-/// earlier form, `EXISTS (… WHERE p.destination_id = d.id …)`, left the choice of join to the
-/// planner; on PostgreSQL, with statistics taken while the table was small, it read the whole
-/// parked index of a failing destination on every sweep (105 000 entries, 13–19 ms, in the
-/// `backlog` benchmark), and with fresh statistics a correlated `LIMIT 1` probe can become a
-/// sequential scan that hopes to meet a match early. An ordered `LIMIT 1` on the indexed
-/// column leaves PostgreSQL no cheaper path than the index; SQLite is told the index
-/// (`INDEXED BY`): without statistics it picked `idx_delivery_dest_unfinished` and filtered its
-/// rows one by one while that index also held parked rows (before migration 6), and the hint
-/// keeps any later index from doing the same.
+/// PostgreSQL: written as a skip scan of `idx_delivery_parked`: each step is one descent of
+/// that index to the next destination that has a parked delivery, so the statement costs one
+/// index probe per such destination, never a pass over any destination's parked rows. The
+/// shape matters. The earlier form, `EXISTS (… WHERE p.destination_id = d.id …)`, left the
+/// choice of join to the planner; with statistics taken while the table was small, it read the
+/// whole parked index of a failing destination on every sweep (105 000 entries, 13–19 ms, in
+/// the `backlog` benchmark), and with fresh statistics a correlated `LIMIT 1` probe can become
+/// a sequential scan that hopes to meet a match early. An ordered `LIMIT 1` on the indexed
+/// column leaves PostgreSQL no cheaper path than the index.
+///
+/// SQLite: the destinations with a mark ([`crate::service::parked::RECOVERED_SQLITE`]), through
+/// the partial index of marked destinations; a mark left on a destination with nothing parked
+/// any more is cleared by the unpark that follows.
 pub fn parked_destinations_sql(backend: DbBackend) -> String {
-    let idx = if backend == DbBackend::Sqlite {
-        " INDEXED BY idx_delivery_parked"
-    } else {
-        ""
-    };
-    format!(
-        "WITH RECURSIVE t(id) AS (\
-           SELECT (SELECT p.destination_id FROM delivery AS p{idx} \
-             WHERE p.next_attempt_at IS NULL AND p.completed_at IS NULL \
-             ORDER BY p.destination_id LIMIT 1) \
-           UNION ALL \
-           SELECT (SELECT p.destination_id FROM delivery AS p{idx} \
-             WHERE p.destination_id > t.id AND p.next_attempt_at IS NULL \
-             AND p.completed_at IS NULL ORDER BY p.destination_id LIMIT 1) \
-           FROM t WHERE t.id IS NOT NULL) \
-         SELECT d.id FROM t JOIN destination d ON d.id = t.id \
-         WHERE d.enabled AND d.deleted_at IS NULL AND (d.status <> 'FAILING' OR d.ordered)"
-    )
+    if backend == DbBackend::Sqlite {
+        return crate::service::parked::RECOVERED_SQLITE.to_string();
+    }
+    "WITH RECURSIVE t(id) AS (\
+       SELECT (SELECT p.destination_id FROM delivery AS p \
+         WHERE p.next_attempt_at IS NULL AND p.completed_at IS NULL \
+         ORDER BY p.destination_id LIMIT 1) \
+       UNION ALL \
+       SELECT (SELECT p.destination_id FROM delivery AS p \
+         WHERE p.destination_id > t.id AND p.next_attempt_at IS NULL \
+         AND p.completed_at IS NULL ORDER BY p.destination_id LIMIT 1) \
+       FROM t WHERE t.id IS NOT NULL) \
+     SELECT d.id FROM t JOIN destination d ON d.id = t.id \
+     WHERE d.enabled AND d.deleted_at IS NULL AND (d.status <> 'FAILING' OR d.ordered)"
+        .to_string()
 }
 
 /// The earliest time any delivery becomes due, for sleeping until then.

@@ -181,6 +181,15 @@ pub(super) fn sqlite_delivery_updates(
                 .build(DbBackend::Sqlite),
         );
     }
+    // What these park lowers its destination's mark, in the same transaction
+    // (`service::parked`). An update the finished-guard skips lowers it too: a mark below what
+    // is parked costs a longer read once, never a lost delivery.
+    let parking: Vec<Uuid> = ups
+        .iter()
+        .filter(|u| u.next_attempt_at.is_none() && !u.completed)
+        .map(|u| u.id)
+        .collect();
+    stmts.extend(crate::service::parked::lower_for(&parking));
     stmts
 }
 
@@ -374,8 +383,8 @@ pub(super) async fn write_health_all(
     }
     for h in all.values() {
         if let Some(until) = h.release_held_until {
-            for q in release_held(h.destination_id, until) {
-                q.exec(db).await?;
+            for q in release_held(DbBackend::Postgres, h.destination_id, until) {
+                db.execute_raw(q).await?;
             }
         }
     }
@@ -392,8 +401,7 @@ pub(super) fn sqlite_health(all: &HashMap<Uuid, HealthUpdate>) -> Vec<sea_orm::S
     stmts.extend(all.values().flat_map(|h| {
         h.release_held_until
             .into_iter()
-            .flat_map(|until| release_held(h.destination_id, until))
-            .map(|q| q.build(DbBackend::Sqlite))
+            .flat_map(|until| release_held(DbBackend::Sqlite, h.destination_id, until))
     }));
     stmts
 }
@@ -440,25 +448,26 @@ fn health(h: &HealthUpdate) -> sea_orm::UpdateMany<destination::Entity> {
 }
 
 /// A probe closed the circuit: what the open circuit held back is due now — the deliveries
-/// parked while it was open, and those given back until the probe's reservation ended. Two
-/// statements, one per index: parked deliveries are only in `idx_delivery_parked`, the others
-/// only in `idx_delivery_dest_queued` (migration 6).
+/// parked while it was open ([`crate::service::parked::release`]: found through their own
+/// index on PostgreSQL, from the destination's mark on SQLite, which follows), and those given
+/// back until the probe's reservation ended (in `idx_delivery_dest_queued`, migration 6). One
+/// statement per index.
 fn release_held(
+    backend: DbBackend,
     destination_id: Uuid,
     until: DateTime<Utc>,
-) -> [sea_orm::UpdateMany<delivery::Entity>; 2] {
+) -> Vec<sea_orm::Statement> {
     let t = now();
-    let held = || {
+    let mut stmts = crate::service::parked::release(backend, destination_id, t);
+    stmts.push(
         delivery::Entity::update_many()
             .col_expr(delivery::Column::NextAttemptAt, Expr::value(t))
             .filter(delivery::Column::DestinationId.eq(destination_id))
             .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY"]))
             .filter(delivery::Column::CompletedAt.is_null())
-    };
-    [
-        held().filter(delivery::Column::NextAttemptAt.is_null()),
-        held()
             .filter(delivery::Column::NextAttemptAt.gt(t))
-            .filter(delivery::Column::NextAttemptAt.lte(until)),
-    ]
+            .filter(delivery::Column::NextAttemptAt.lte(until))
+            .build(backend),
+    );
+    stmts
 }

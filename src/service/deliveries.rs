@@ -22,21 +22,29 @@ pub const ALL_STATUSES: &[&str] = &[
 /// Statuses a delivery can be replayed from: finished ones.
 pub const REPLAYABLE: &[&str] = &["SUCCEEDED", "FAILED", "DISCARDED"];
 
-/// A destination's unfinished deliveries, as one condition per partial index that holds them
-/// (migration 6): those with a time to be attempted at are in `idx_delivery_dest_queued`,
-/// parked ones (no time: a failing destination's, until a probe closes its circuit) in
-/// `idx_delivery_parked`. Each condition implies its index's predicate, so a statement over
-/// all of them runs once per condition, each on its index; `OR`ed, neither index could serve
-/// it. Add the destination term to each.
-pub fn unfinished_by_index() -> [sea_orm::Condition; 2] {
-    let unfinished = || {
-        sea_orm::Condition::all()
-            .add(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY", "DELIVERING"]))
-            .add(delivery::Column::CompletedAt.is_null())
-    };
+/// Unfinished deliveries (`status` included, so that a condition can be combined with
+/// others on the same index).
+fn unfinished() -> sea_orm::Condition {
+    sea_orm::Condition::all()
+        .add(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY", "DELIVERING"]))
+        .add(delivery::Column::CompletedAt.is_null())
+}
+
+/// Unfinished deliveries with a time to be attempted at: the rows of `idx_delivery_dest_queued`
+/// (migration 6). Add the destination term.
+pub fn queued() -> sea_orm::Condition {
+    unfinished().add(delivery::Column::NextAttemptAt.is_not_null())
+}
+
+/// A destination's unfinished deliveries, as one condition per place that holds them: those
+/// with a time to be attempted at in `idx_delivery_dest_queued`, the parked ones (no time: a
+/// failing or disabled destination's) where [`super::parked`] finds them. Each condition
+/// implies its index's predicate, so a statement over all of them runs once per condition,
+/// each on its index; `OR`ed, neither index could serve it.
+pub fn unfinished_of(backend: sea_orm::DbBackend, destination_id: Uuid) -> [sea_orm::Condition; 2] {
     [
-        unfinished().add(delivery::Column::NextAttemptAt.is_not_null()),
-        unfinished().add(delivery::Column::NextAttemptAt.is_null()),
+        queued().add(delivery::Column::DestinationId.eq(destination_id)),
+        unfinished().add(super::parked::of_destination(backend, destination_id)),
     ]
 }
 

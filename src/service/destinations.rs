@@ -225,15 +225,12 @@ fn reset_health(m: &mut destination::Model) {
 /// Parked deliveries of the destination (while it was disabled, or its circuit open) become
 /// due now. Returns how many.
 pub(crate) async fn unpark<C: ConnectionTrait>(db: &C, destination_id: Uuid) -> AppResult<u64> {
-    let res = delivery::Entity::update_many()
-        .col_expr(delivery::Column::NextAttemptAt, Expr::value(now()))
-        .filter(delivery::Column::DestinationId.eq(destination_id))
-        .filter(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY"]))
-        .filter(delivery::Column::NextAttemptAt.is_null())
-        .filter(delivery::Column::CompletedAt.is_null())
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected)
+    let mut stmts = super::parked::release(db.get_database_backend(), destination_id, now());
+    let released = db.execute_raw(stmts.remove(0)).await?.rows_affected();
+    for s in stmts {
+        db.execute_raw(s).await?;
+    }
+    Ok(released)
 }
 
 pub async fn set_enabled<C: ConnectionTrait>(
@@ -283,7 +280,8 @@ pub async fn delete(db: &DatabaseConnection, p: &Principal, id: Uuid) -> AppResu
         return Err(AppError::NotFound("destination"));
     }
     // One statement per index that holds unfinished deliveries.
-    for unfinished in super::deliveries::unfinished_by_index() {
+    let backend = txn.get_database_backend();
+    for unfinished in super::deliveries::unfinished_of(backend, id) {
         delivery::Entity::update_many()
             .col_expr(delivery::Column::Status, Expr::value("DISCARDED"))
             .col_expr(
@@ -295,10 +293,12 @@ pub async fn delete(db: &DatabaseConnection, p: &Principal, id: Uuid) -> AppResu
                 delivery::Column::LastError,
                 Expr::value("destination deleted"),
             )
-            .filter(delivery::Column::DestinationId.eq(id))
             .filter(unfinished)
             .exec(&txn)
             .await?;
+    }
+    if backend == sea_orm::DbBackend::Sqlite {
+        txn.execute_raw(super::parked::tighten(id)).await?;
     }
     txn.commit().await?;
     Ok(id)

@@ -7,6 +7,7 @@ pub mod destinations;
 pub mod events;
 pub mod matching;
 pub mod page;
+pub mod parked;
 pub mod publisher;
 pub mod stats;
 pub mod subscriptions;

@@ -526,7 +526,21 @@ fn sqlite_inserts(plans: &[Plan]) -> Vec<sea_orm::Statement> {
         .iter()
         .flat_map(|p| p.deliveries.iter().cloned())
         .collect();
+    // Each destination a delivery is parked for: its mark goes down to the first of them, in
+    // this transaction (`super::parked`).
+    let mut parked: Vec<(Uuid, Uuid)> = deliveries
+        .iter()
+        .filter(|d| d.next_attempt_at.is_none())
+        .map(|d| (d.destination_id, d.id))
+        .collect();
+    parked.sort_unstable();
+    parked.dedup_by_key(|(dest, _)| *dest);
     let mut stmts = bulk::sqlite_inserts::<_, event::ActiveModel>(events);
     stmts.extend(bulk::sqlite_inserts::<_, delivery::ActiveModel>(deliveries));
+    stmts.extend(
+        parked
+            .into_iter()
+            .map(|(dest, id)| super::parked::lower(dest, id)),
+    );
     stmts
 }

@@ -122,27 +122,44 @@ struct PendingRow {
     n: i64,
 }
 
-/// Unfinished deliveries per destination: one grouped query per index that holds them
-/// ([`super::deliveries::unfinished_by_index`]), added up.
+/// Unfinished deliveries per destination: one grouped query for those with a time to be
+/// attempted at ([`super::deliveries::queued`]), one for the parked ones
+/// ([`super::parked`]: their index on PostgreSQL, each marked destination's range on SQLite),
+/// added up.
 async fn pending_counts(
     db: &impl ConnectionTrait,
     ids: &[Uuid],
 ) -> AppResult<std::collections::HashMap<Uuid, i64>> {
     let mut counts = std::collections::HashMap::new();
-    for unfinished in super::deliveries::unfinished_by_index() {
-        let rows = delivery::Entity::find()
+    let grouped = |c: sea_orm::Condition| {
+        delivery::Entity::find()
             .select_only()
             .column(delivery::Column::DestinationId)
             .column_as(delivery::Column::Id.count(), "n")
             .filter(delivery::Column::DestinationId.is_in(ids.iter().copied()))
-            .filter(unfinished)
+            .filter(c)
             .group_by(delivery::Column::DestinationId)
             .into_model::<PendingRow>()
+    };
+    let mut rows = grouped(super::deliveries::queued()).all(db).await?;
+    if db.get_database_backend() == sea_orm::DbBackend::Sqlite {
+        rows.extend(
+            <PendingRow as sea_orm::FromQueryResult>::find_by_statement(
+                super::parked::counts_sqlite(ids),
+            )
             .all(db)
-            .await?;
-        for r in rows {
-            *counts.entry(r.destination_id).or_insert(0) += r.n;
-        }
+            .await?,
+        );
+    } else {
+        let parked = super::parked::parked().add(delivery::Column::Status.is_in([
+            "PENDING",
+            "AWAITING_RETRY",
+            "DELIVERING",
+        ]));
+        rows.extend(grouped(parked).all(db).await?);
+    }
+    for r in rows {
+        *counts.entry(r.destination_id).or_insert(0) += r.n;
     }
     Ok(counts)
 }

@@ -658,6 +658,16 @@ both!(
             )
             .await;
         }
+        if be == DbBackend::Sqlite {
+            // What parks on SQLite also lowers the destination's mark (`service::parked`).
+            exec(
+                "UPDATE destination SET parked_from = (SELECT MIN(p.id) FROM delivery AS p \
+                 WHERE p.destination_id = destination.id AND p.next_attempt_at IS NULL \
+                 AND p.completed_at IS NULL)",
+                vec![],
+            )
+            .await;
+        }
         if be == DbBackend::Postgres {
             // History stored before the backlog: finished deliveries of another destination.
             exec(
@@ -694,17 +704,13 @@ both!(
                              with parked deliveries: {plan:#}"
                         );
                     }
-                    Plan::Sqlite(steps) => {
-                        let steps: Vec<&String> =
-                            steps.iter().filter(|d| d.contains(" p ")).collect();
-                        assert_eq!(steps.len(), 2, "{steps:?}");
-                        assert!(
-                            steps
-                                .iter()
-                                .all(|d| d.contains("INDEX idx_delivery_parked")),
-                            "{steps:?}"
-                        );
-                    }
+                    // The marked destinations only, through their partial index; no delivery
+                    // row read at all.
+                    Plan::Sqlite(steps) => assert_eq!(
+                        steps,
+                        ["SCAN d USING INDEX idx_destination_parked"],
+                        "{steps:?}"
+                    ),
                 }
             }
         };
@@ -744,7 +750,7 @@ both!(
         assert_eq!(claim::unpark_recovered(w).await.unwrap(), 0);
 
         // The probe's claim takes one parked delivery of its destination through
-        // `idx_delivery_parked`. With statistics showing the failing destination's rows as
+        // `idx_delivery_parked` (on SQLite, from the destination's mark). With statistics showing the failing destination's rows as
         // many, the plain `LIMIT 1` form was a sequential scan, which reads whatever history
         // is stored before the first parked row.
         let lease = chrono::Utc::now() + chrono::TimeDelta::minutes(1);
@@ -768,10 +774,12 @@ both!(
                      {plan:#}"
                 );
             }
+            // From the destination's mark in the index of its deliveries by id.
             Plan::Sqlite(steps) => assert!(
-                steps
-                    .iter()
-                    .any(|d| d.contains("INDEX idx_delivery_parked")),
+                steps.iter().any(|d| d.contains(
+                    "SEARCH x USING INDEX idx_delivery_tenant_dest_id \
+                     (tenant_id=? AND destination_id=? AND id>?)"
+                )),
                 "{steps:?}"
             ),
         }
@@ -783,3 +791,150 @@ both!(
         }
     }
 );
+
+// A delivery the writer parks (given back while its destination could not take it) may be
+// older than every delivery parked before it: on SQLite, where parked deliveries are found from
+// their destination's mark (`service::parked`), the writer's flush must lower the mark to it.
+// Two are parked in two flushes, the later one older: both count as pending, the recovery sweep
+// makes both due again (the destination is not failing), and both are sent again; the third,
+// waiting for a retry an hour away, is left alone.
+both!(
+    writer_parks_below_the_mark_and_the_sweep_finds_it,
+    |backend| async move {
+        use std::sync::Arc;
+
+        use hookline::dispatch::{
+            hub::Hub,
+            writer::{DeliveryUpdate, Writer, WriterMsg},
+        };
+
+        let s = Server::start(backend).await;
+        let tok = s.token("acme", "admin");
+        let rx = Receiver::start().await;
+        rx.status(500);
+        let dest = create_destination(
+            &s,
+            &tok,
+            json!({"url": rx.url(), "retrySchedule": [3600], "maxAttempts": 5}),
+        )
+        .await;
+        for i in 0..3 {
+            publish(&s, &tok, "job.done", json!({"i": i})).await;
+        }
+        let ds = wait_status(&s, &tok, &dest, 3, "AWAITING_RETRY", T).await;
+        let mut ids: Vec<uuid::Uuid> = ds
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().parse().unwrap())
+            .collect();
+        ids.sort(); // time-ordered ids: oldest first
+        let db = s.stop().await;
+        let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
+        let writer = Writer::start(
+            &tokio::runtime::Handle::current(),
+            conn.write.clone(),
+            hookline::live::LiveBus::new(16),
+            Arc::from("writer-test"),
+            Arc::new(Hub::new(
+                100,
+                hookline::dispatch::hub::WINDOW_BYTES,
+                Duration::from_secs(30),
+                Arc::from("writer-test"),
+            )),
+        );
+        let park = |id| {
+            WriterMsg::Delivery(DeliveryUpdate {
+                id,
+                status: "AWAITING_RETRY",
+                attempt_count: None,
+                next_attempt_at: None,
+                last_status_code: None,
+                last_error: None,
+                completed: false,
+            })
+        };
+        for id in [ids[2], ids[0]] {
+            writer.send(park(id));
+            let flushed = tokio::time::timeout(T, writer.barrier()).await;
+            assert!(matches!(flushed, Ok(true)), "the flush never committed");
+        }
+        writer.close().await;
+        drop(conn);
+
+        let cfg = test_config(&db);
+        let s = Server::start_on(db, cfg).await;
+        let d = s
+            .ok(
+                &tok,
+                "query($id: ID!) { destination(id: $id) { stats { pendingDeliveries } } }",
+                json!({"id": dest}),
+            )
+            .await;
+        assert_eq!(d["destination"]["stats"]["pendingDeliveries"], 3, "{d}");
+        // The sweep (every 5 s) unparks both; each is attempted again and waits for its next
+        // retry, an hour away.
+        eventually(
+            Duration::from_secs(30),
+            "both parked deliveries sent again",
+            || async {
+                let ds = deliveries_of(&s, &tok, &dest).await;
+                let attempts: Vec<Option<i64>> = ids
+                    .iter()
+                    .map(|id| {
+                        ds.iter()
+                            .find(|d| d["id"] == id.to_string() && d["status"] == "AWAITING_RETRY")
+                            .and_then(|d| d["attemptCount"].as_i64())
+                    })
+                    .collect();
+                (attempts == [Some(2), Some(1), Some(2)]).then_some(())
+            },
+        )
+        .await;
+        assert_eq!(rx.count(), 5, "three first attempts, two after the unpark");
+        s.stop().await;
+    }
+);
+
+// SQLite has no index of parked deliveries: each statement that reads a destination's parked
+// deliveries (release, the discards of a deletion, the pending count, moving the mark up)
+// reads the range from its mark in `idx_delivery_tenant_dest_id`, and none scans `delivery`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_parked_statements_read_from_the_mark() {
+    use entity::delivery;
+    use hookline::service::{deliveries, parked};
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{DbBackend, EntityTrait, QueryFilter, QueryTrait};
+
+    let s = Server::start(Backend::Sqlite).await;
+    let tok = s.token("acme", "admin");
+    let dest: uuid::Uuid = create_destination(&s, &tok, json!({"url": "http://127.0.0.1:9/"}))
+        .await
+        .parse()
+        .unwrap();
+    let db = s.stop().await;
+    let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
+    let be = DbBackend::Sqlite;
+    let discard = delivery::Entity::update_many()
+        .col_expr(delivery::Column::Status, Expr::value("DISCARDED"))
+        .filter(deliveries::unfinished_of(be, dest)[1].clone())
+        .build(be);
+    let release = parked::release(be, dest, chrono::Utc::now());
+    assert_eq!(release.len(), 2, "the release, then the mark: {release:?}");
+    let range =
+        "USING INDEX idx_delivery_tenant_dest_id (tenant_id=? AND destination_id=? AND id>?)";
+    for (what, stmt) in [
+        ("release", release[0].clone()),
+        ("tighten after the release", release[1].clone()),
+        ("discard", discard),
+        ("pending count", parked::counts_sqlite(&[dest])),
+        ("tighten", parked::tighten(dest)),
+    ] {
+        let Plan::Sqlite(steps) = crate::plans::explain_stmt(&conn.write, stmt).await else {
+            unreachable!("SQLite")
+        };
+        assert!(steps.iter().any(|d| d.contains(range)), "{what}: {steps:?}");
+        assert!(
+            !steps.iter().any(|d| d.starts_with("SCAN")),
+            "{what} scans a table: {steps:?}"
+        );
+    }
+}
