@@ -11,6 +11,66 @@ use crate::plans::{Plan, count_nodes, explain, rows_read};
 
 const T: Duration = Duration::from_secs(15);
 
+/// A destination whose receiver answers 500, and three deliveries to it that failed once and
+/// wait for a retry an hour away.
+struct Waiting {
+    s: Server,
+    tok: String,
+    rx: Receiver,
+    dest: String,
+    ids: Vec<uuid::Uuid>,
+}
+
+impl Waiting {
+    async fn three(backend: Backend) -> Self {
+        let s = Server::start(backend).await;
+        let tok = s.token("acme", "admin");
+        let rx = Receiver::start().await;
+        rx.status(500);
+        let dest = create_destination(
+            &s,
+            &tok,
+            json!({"url": rx.url(), "retrySchedule": [3600], "maxAttempts": 5}),
+        )
+        .await;
+        for i in 0..3 {
+            publish(&s, &tok, "job.done", json!({"i": i})).await;
+        }
+        let ds = wait_status(&s, &tok, &dest, 3, "AWAITING_RETRY", T).await;
+        let ids = ds
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().parse().unwrap())
+            .collect();
+        Waiting {
+            s,
+            tok,
+            rx,
+            dest,
+            ids,
+        }
+    }
+}
+
+/// A completion writer on `conn`, outside any server, publishing to `live`.
+fn test_writer(
+    conn: &hookline::db::Db,
+    live: &hookline::live::LiveBus,
+) -> hookline::dispatch::writer::Writer {
+    use std::sync::Arc;
+    hookline::dispatch::writer::Writer::start(
+        &tokio::runtime::Handle::current(),
+        conn.write.clone(),
+        live.clone(),
+        Arc::from("writer-test"),
+        Arc::new(hookline::dispatch::hub::Hub::new(
+            100,
+            hookline::dispatch::hub::WINDOW_BYTES,
+            Duration::from_secs(30),
+            Arc::from("writer-test"),
+        )),
+    )
+}
+
 /// The distinct `webhook-id`s the receiver got from its `from`-th request on, sorted.
 fn received_ids(rx: &Receiver, from: usize) -> Vec<String> {
     let mut ids: Vec<String> = rx.received()[from..]
@@ -419,46 +479,18 @@ both!(
 
         use hookline::dispatch::{
             claim::Claimed,
-            hub::Hub,
-            writer::{DeliveryUpdate, Finished, Writer, WriterMsg},
+            writer::{DeliveryUpdate, Finished, WriterMsg},
         };
         use hookline::live::LiveEvent;
         use sea_orm::EntityTrait;
 
-        let s = Server::start(backend).await;
-        let tok = s.token("acme", "admin");
-        let rx = Receiver::start().await;
-        rx.status(500);
-        let dest = create_destination(
-            &s,
-            &tok,
-            json!({"url": rx.url(), "retrySchedule": [3600], "maxAttempts": 5}),
-        )
-        .await;
-        for i in 0..3 {
-            publish(&s, &tok, "job.done", json!({"i": i})).await;
-        }
-        let ds = wait_status(&s, &tok, &dest, 3, "AWAITING_RETRY", T).await;
-        let ids: Vec<uuid::Uuid> = ds
-            .iter()
-            .map(|d| d["id"].as_str().unwrap().parse().unwrap())
-            .collect();
-        let db = s.stop().await;
+        let w = Waiting::three(backend).await;
+        let ids = w.ids.clone();
+        let db = w.s.stop().await;
         let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
         let live = hookline::live::LiveBus::new(16);
         let mut stream = live.subscribe();
-        let writer = Writer::start(
-            &tokio::runtime::Handle::current(),
-            conn.write.clone(),
-            live.clone(),
-            Arc::from("writer-test"),
-            Arc::new(Hub::new(
-                100,
-                hookline::dispatch::hub::WINDOW_BYTES,
-                Duration::from_secs(30),
-                Arc::from("writer-test"),
-            )),
-        );
+        let writer = test_writer(&conn, &live);
         // Whole microseconds, which both databases store exactly.
         let later = chrono::Utc::now() + chrono::TimeDelta::hours(2);
         let later = chrono::DateTime::from_timestamp_micros(later.timestamp_micros()).unwrap();
@@ -801,46 +833,19 @@ both!(
 both!(
     writer_parks_below_the_mark_and_the_sweep_finds_it,
     |backend| async move {
-        use std::sync::Arc;
+        use hookline::dispatch::writer::{DeliveryUpdate, WriterMsg};
 
-        use hookline::dispatch::{
-            hub::Hub,
-            writer::{DeliveryUpdate, Writer, WriterMsg},
-        };
-
-        let s = Server::start(backend).await;
-        let tok = s.token("acme", "admin");
-        let rx = Receiver::start().await;
-        rx.status(500);
-        let dest = create_destination(
-            &s,
-            &tok,
-            json!({"url": rx.url(), "retrySchedule": [3600], "maxAttempts": 5}),
-        )
-        .await;
-        for i in 0..3 {
-            publish(&s, &tok, "job.done", json!({"i": i})).await;
-        }
-        let ds = wait_status(&s, &tok, &dest, 3, "AWAITING_RETRY", T).await;
-        let mut ids: Vec<uuid::Uuid> = ds
-            .iter()
-            .map(|d| d["id"].as_str().unwrap().parse().unwrap())
-            .collect();
+        let Waiting {
+            s,
+            tok,
+            rx,
+            dest,
+            mut ids,
+        } = Waiting::three(backend).await;
         ids.sort(); // time-ordered ids: oldest first
         let db = s.stop().await;
         let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
-        let writer = Writer::start(
-            &tokio::runtime::Handle::current(),
-            conn.write.clone(),
-            hookline::live::LiveBus::new(16),
-            Arc::from("writer-test"),
-            Arc::new(Hub::new(
-                100,
-                hookline::dispatch::hub::WINDOW_BYTES,
-                Duration::from_secs(30),
-                Arc::from("writer-test"),
-            )),
-        );
+        let writer = test_writer(&conn, &hookline::live::LiveBus::new(16));
         let park = |id| {
             WriterMsg::Delivery(DeliveryUpdate {
                 id,
