@@ -943,3 +943,73 @@ async fn sqlite_parked_statements_read_from_the_mark() {
         );
     }
 }
+
+// A destination's unfinished deliveries are read one index at a time (migrations 6 and 7):
+// those with a time to be attempted at in `idx_delivery_dest_queued`; the parked ones in
+// `idx_delivery_parked` on PostgreSQL, from the destination's mark in
+// `idx_delivery_tenant_dest_id` on SQLite. Each statement's conditions must imply its partial
+// index's predicate, or the database cannot use the index and reads the table.
+both!(
+    unfinished_deliveries_are_read_through_their_indexes,
+    |backend| async move {
+        use entity::delivery;
+        use hookline::service::{deliveries, parked};
+        use sea_orm::sea_query::Expr;
+        use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryTrait};
+
+        let s = Server::start(backend).await;
+        let tok = s.token("acme", "admin");
+        let dest: uuid::Uuid = create_destination(&s, &tok, json!({"url": "http://127.0.0.1:9/"}))
+            .await
+            .parse()
+            .unwrap();
+        let db = s.stop().await;
+        let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
+        let be = conn.write.get_database_backend();
+        let discard = |c: sea_orm::Condition| {
+            delivery::Entity::update_many()
+                .col_expr(delivery::Column::Status, Expr::value("DISCARDED"))
+                .filter(c)
+                .build(be)
+        };
+        let [queued, parked_ones] = deliveries::unfinished_of(be, dest);
+        let parked_index = if be == DbBackend::Postgres {
+            "idx_delivery_parked"
+        } else {
+            "idx_delivery_tenant_dest_id"
+        };
+        let queued_index = "idx_delivery_dest_queued";
+        for (what, stmt, index) in [
+            ("discard the queued", discard(queued), queued_index),
+            ("discard the parked", discard(parked_ones), parked_index),
+            (
+                "release the parked",
+                parked::release(be, dest, chrono::Utc::now()).remove(0),
+                parked_index,
+            ),
+        ] {
+            match crate::plans::explain_stmt(&conn.write, stmt).await {
+                Plan::Pg(plan) => {
+                    let seq = count_nodes(&plan, "Seq Scan", Some("delivery"));
+                    let used = crate::plans::indexes_used(&plan);
+                    assert!(
+                        seq == 0 && used.iter().any(|i| i == index),
+                        "{what}: {seq} sequential scans, indexes {used:?}: {plan:#}"
+                    );
+                }
+                Plan::Sqlite(steps) => {
+                    assert!(
+                        steps
+                            .iter()
+                            .any(|d| d.contains(&format!("USING INDEX {index}"))),
+                        "{what}: {steps:?}"
+                    );
+                    assert!(
+                        !steps.iter().any(|d| d.starts_with("SCAN")),
+                        "{what} scans a table: {steps:?}"
+                    );
+                }
+            }
+        }
+    }
+);
