@@ -125,6 +125,45 @@ pub struct JwtKeys {
     decoding: DecodingKey,
     encoding: Option<EncodingKey>,
     validation: Validation,
+    verified: Verified,
+}
+
+/// Tokens verified already, by their exact text, with the principal each gave. A client sends
+/// the same token with every request; checking its signature and decoding its claims each
+/// time was ≈ 2.6 % of the server's CPU in `single` (BENCHMARKS.md, session 16). The keys never
+/// change while the process runs, so the same text verifies the same way, except for its
+/// expiry, which is checked again on every use. Bounded: at most [`Verified::ENTRIES`] tokens
+/// of at most [`Verified::MAX_TOKEN_BYTES`]; when full it starts over.
+#[derive(Default)]
+struct Verified(std::sync::Mutex<std::collections::HashMap<Box<str>, Principal>>);
+
+impl Verified {
+    const ENTRIES: usize = 1024;
+    const MAX_TOKEN_BYTES: usize = 4096;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, Principal>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The principal of `token` if it was verified before and has not expired since (with
+    /// the leeway decoding allows).
+    fn get(&self, token: &str, now: i64) -> Option<Principal> {
+        self.lock()
+            .get(token)
+            .filter(|p| p.expires_at >= now - LEEWAY_SECS as i64)
+            .cloned()
+    }
+
+    fn put(&self, token: &str, p: &Principal) {
+        if token.len() > Self::MAX_TOKEN_BYTES {
+            return;
+        }
+        let mut map = self.lock();
+        if map.len() >= Self::ENTRIES {
+            map.clear();
+        }
+        map.insert(token.into(), p.clone());
+    }
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -139,6 +178,7 @@ impl JwtKeys {
             decoding: DecodingKey::from_secret(secret),
             encoding: Some(EncodingKey::from_secret(secret)),
             validation: validation(Algorithm::HS256),
+            verified: Verified::default(),
         }
     }
 
@@ -149,6 +189,7 @@ impl JwtKeys {
                 decoding: key,
                 encoding: None,
                 validation: validation(Algorithm::RS256),
+                verified: Verified::default(),
             });
         }
         DecodingKey::from_ec_pem(pem)
@@ -156,6 +197,7 @@ impl JwtKeys {
                 decoding: key,
                 encoding: None,
                 validation: validation(Algorithm::ES256),
+                verified: Verified::default(),
             })
             .map_err(|e| format!("not an RSA or EC public key in PEM form: {e}"))
     }
@@ -194,6 +236,9 @@ impl JwtKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AppError> {
+        if let Some(p) = self.verified.get(token, chrono::Utc::now().timestamp()) {
+            return Ok(p);
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
@@ -212,12 +257,14 @@ impl JwtKeys {
                 "token has no valid tenant claim".into(),
             ));
         }
-        Ok(Principal {
+        let p = Principal {
             tenant: c.tenant,
             subject: c.sub,
             scopes: Scopes::parse(&c.scope),
             expires_at: c.exp,
-        })
+        };
+        self.verified.put(token, &p);
+        Ok(p)
     }
 
     /// Verifies an `Authorization` header value (`Bearer <jwt>`).
@@ -265,9 +312,12 @@ pub enum KeySource {
     Generated(std::path::PathBuf),
 }
 
+/// Seconds a token is still accepted after its `exp` (clock skew between issuer and server).
+const LEEWAY_SECS: u64 = 5;
+
 fn validation(alg: Algorithm) -> Validation {
     let mut v = Validation::new(alg);
-    v.leeway = 5;
+    v.leeway = LEEWAY_SECS;
     v.set_required_spec_claims(&["exp", "sub"]);
     v
 }
@@ -300,6 +350,39 @@ mod tests {
         let admin = Scopes::parse("admin");
         assert!(admin.has(Scope::Write) && admin.has(Scope::Read));
         assert!(Scopes::parse_strict("read wrte").is_err());
+    }
+
+    /// A token verified before is answered from the cache, but not once it has expired: the
+    /// expiry is checked on every use, with the decoder's leeway; a tampered token is not the
+    /// same text and is verified (and refused) in full.
+    #[test]
+    fn verified_tokens_are_cached_until_they_expire() {
+        let keys = JwtKeys::hs256(b"0123456789abcdef0123456789abcdef");
+        let t = keys
+            .mint(
+                "acme",
+                "alice",
+                Scopes::parse("read"),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let first = keys.verify(&t).unwrap();
+        assert_eq!(keys.verified.lock().len(), 1);
+        assert_eq!(keys.verify(&t).unwrap(), first, "the cached principal");
+        // Age the cached entry past its expiry and the leeway: refused, as decoding would.
+        let now = chrono::Utc::now().timestamp();
+        keys.verified.lock().get_mut(t.as_str()).unwrap().expires_at = now - 6;
+        assert!(keys.verified.get(&t, now).is_none());
+        // (The token itself is still valid, so a full verification accepts it again.)
+        assert_eq!(keys.verify(&t).unwrap().expires_at, first.expires_at);
+        let mut tampered = t.clone();
+        tampered.pop();
+        assert!(keys.verify(&tampered).is_err());
+        // Bounded: full, it starts over.
+        for i in 0..Verified::ENTRIES {
+            keys.verified.put(&format!("t{i}"), &first);
+        }
+        assert!(keys.verified.lock().len() <= Verified::ENTRIES);
     }
 
     #[test]

@@ -25,11 +25,24 @@ use crate::service::events::Publisher;
 use crate::state::AppState;
 use crate::{db, dispatch};
 
+/// The router's state, cloned into every request: one reference count, not the dozen of
+/// [`AppState`]'s fields (their clones and drops were ≈ 1.7 % of the server's CPU in `single`,
+/// BENCHMARKS.md session 16).
 #[derive(Clone)]
-struct Http {
+struct Http(Arc<HttpParts>);
+
+struct HttpParts {
     app: AppState,
     schema: AppSchema,
-    docs: Arc<crate::graphql::DocCache>,
+    docs: crate::graphql::DocCache,
+}
+
+impl std::ops::Deref for Http {
+    type Target = HttpParts;
+
+    fn deref(&self) -> &HttpParts {
+        &self.0
+    }
 }
 
 /// Installs the process-wide TLS crypto provider (reqwest is built without one). Idempotent.
@@ -135,11 +148,11 @@ pub async fn serve(
     crate::retention::spawn(state.clone());
     crate::db::spawn_sqlite_checkpointer(&state.db, state.shutdown.clone());
     let token = state.shutdown.clone();
-    let app = router(Http {
+    let app = router(Http(Arc::new(HttpParts {
         app: state.clone(),
         schema,
         docs: Default::default(),
-    });
+    })));
     let stop = token.clone();
     tokio::spawn(async move {
         shutdown.await;
