@@ -71,6 +71,19 @@ fn test_writer(
     )
 }
 
+/// A migrated database with one destination and no server running, and a connection to it.
+async fn one_destination_stopped(backend: Backend) -> (TestDb, hookline::db::Db, uuid::Uuid) {
+    let s = Server::start(backend).await;
+    let tok = s.token("acme", "admin");
+    let dest = create_destination(&s, &tok, json!({"url": "http://127.0.0.1:9/"}))
+        .await
+        .parse()
+        .unwrap();
+    let db = s.stop().await;
+    let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
+    (db, conn, dest)
+}
+
 /// The distinct `webhook-id`s the receiver got from its `from`-th request on, sorted.
 fn received_ids(rx: &Receiver, from: usize) -> Vec<String> {
     let mut ids: Vec<String> = rx.received()[from..]
@@ -909,14 +922,7 @@ async fn sqlite_parked_statements_read_from_the_mark() {
     use sea_orm::sea_query::Expr;
     use sea_orm::{DbBackend, EntityTrait, QueryFilter, QueryTrait};
 
-    let s = Server::start(Backend::Sqlite).await;
-    let tok = s.token("acme", "admin");
-    let dest: uuid::Uuid = create_destination(&s, &tok, json!({"url": "http://127.0.0.1:9/"}))
-        .await
-        .parse()
-        .unwrap();
-    let db = s.stop().await;
-    let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
+    let (_db, conn, dest) = one_destination_stopped(Backend::Sqlite).await;
     let be = DbBackend::Sqlite;
     let discard = delivery::Entity::update_many()
         .col_expr(delivery::Column::Status, Expr::value("DISCARDED"))
@@ -955,16 +961,9 @@ both!(
         use entity::delivery;
         use hookline::service::{deliveries, parked};
         use sea_orm::sea_query::Expr;
-        use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryTrait};
+        use sea_orm::{DbBackend, EntityTrait, QueryFilter, QueryTrait};
 
-        let s = Server::start(backend).await;
-        let tok = s.token("acme", "admin");
-        let dest: uuid::Uuid = create_destination(&s, &tok, json!({"url": "http://127.0.0.1:9/"}))
-            .await
-            .parse()
-            .unwrap();
-        let db = s.stop().await;
-        let conn = hookline::db::connect(&test_config(&db)).await.unwrap();
+        let (_db, conn, dest) = one_destination_stopped(backend).await;
         let be = conn.write.get_database_backend();
         let discard = |c: sea_orm::Condition| {
             delivery::Entity::update_many()
