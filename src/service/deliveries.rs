@@ -24,7 +24,7 @@ pub const REPLAYABLE: &[&str] = &["SUCCEEDED", "FAILED", "DISCARDED"];
 
 /// Unfinished deliveries (`status` included, so that a condition can be combined with
 /// others on the same index).
-fn unfinished() -> sea_orm::Condition {
+pub fn unfinished() -> sea_orm::Condition {
     sea_orm::Condition::all()
         .add(delivery::Column::Status.is_in(["PENDING", "AWAITING_RETRY", "DELIVERING"]))
         .add(delivery::Column::CompletedAt.is_null())

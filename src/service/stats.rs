@@ -151,11 +151,7 @@ async fn pending_counts(
             .await?,
         );
     } else {
-        let parked = super::parked::parked().add(delivery::Column::Status.is_in([
-            "PENDING",
-            "AWAITING_RETRY",
-            "DELIVERING",
-        ]));
+        let parked = super::deliveries::unfinished().add(super::parked::parked());
         rows.extend(grouped(parked).all(db).await?);
     }
     for r in rows {

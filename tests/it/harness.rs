@@ -575,3 +575,71 @@ impl Server {
         Server::start_on(db, cfg).await
     }
 }
+
+/// A destination whose receiver answers 500, and three deliveries to it that failed once and
+/// wait for a retry an hour away.
+pub struct Waiting {
+    pub s: Server,
+    pub tok: String,
+    pub rx: Receiver,
+    pub dest: String,
+    pub ids: Vec<uuid::Uuid>,
+}
+
+impl Waiting {
+    pub async fn three(backend: Backend) -> Self {
+        let s = Server::start(backend).await;
+        let tok = s.token("acme", "admin");
+        let rx = Receiver::start().await;
+        rx.status(500);
+        let dest = create_destination(
+            &s,
+            &tok,
+            serde_json::json!({"url": rx.url(), "retrySchedule": [3600], "maxAttempts": 5}),
+        )
+        .await;
+        for i in 0..3 {
+            publish(&s, &tok, "job.done", serde_json::json!({"i": i})).await;
+        }
+        let ds = wait_status(
+            &s,
+            &tok,
+            &dest,
+            3,
+            "AWAITING_RETRY",
+            Duration::from_secs(15),
+        )
+        .await;
+        let ids = ds
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().parse().unwrap())
+            .collect();
+        Waiting {
+            s,
+            tok,
+            rx,
+            dest,
+            ids,
+        }
+    }
+}
+
+/// A completion writer on `conn`, outside any server, publishing to `live`.
+pub fn test_writer(
+    conn: &hookline::db::Db,
+    live: &hookline::live::LiveBus,
+) -> hookline::dispatch::writer::Writer {
+    use std::sync::Arc;
+    hookline::dispatch::writer::Writer::start(
+        &tokio::runtime::Handle::current(),
+        conn.write.clone(),
+        live.clone(),
+        Arc::from("writer-test"),
+        Arc::new(hookline::dispatch::hub::Hub::new(
+            100,
+            hookline::dispatch::hub::WINDOW_BYTES,
+            Duration::from_secs(30),
+            Arc::from("writer-test"),
+        )),
+    )
+}

@@ -19,6 +19,7 @@ mod live_loaders;
 mod live_stats;
 mod live_ws;
 mod ops;
+mod parked;
 mod plans;
 mod retention;
 mod schema;
