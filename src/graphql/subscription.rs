@@ -6,7 +6,6 @@ use std::sync::Arc;
 use async_graphql::{Context, ID, Result, SimpleObject, Subscription as SubscriptionDerive};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
-use tokio::sync::broadcast::{self, error::RecvError};
 use uuid::Uuid;
 
 use super::delivery_types::{AttemptOutcome, Delivery, DeliveryAttempt, Related};
@@ -15,7 +14,7 @@ use super::types::DestinationStatus;
 use super::{BudgetGuard, SubscriptionBudget, parse_id, require, state};
 use crate::auth::Scope;
 use crate::error::AppError;
-use crate::live::{LiveAttempt, LiveEvent};
+use crate::live::{Kind, LiveAttempt, LiveEvent, LiveReceiver, RecvError, Route};
 
 pub struct Subscription;
 
@@ -27,19 +26,19 @@ pub struct DestinationStatusChange {
     pub at: DateTime<Utc>,
 }
 
-/// Turns the bus into a stream of the items `pick` selects for this caller. Ends with an
+/// Turns the caller's route of the bus into a stream of the items `pick` selects. Ends with an
 /// error when the token expires, or when the subscriber fell too far behind to be complete
 /// (it is told how many items it missed rather than silently skipping them).
 fn live_stream<T: Send + 'static>(
     budget: Option<BudgetGuard>,
-    rx: broadcast::Receiver<LiveEvent>,
+    rx: LiveReceiver,
     tenant: String,
     expires_at: i64,
     pick: impl Fn(&LiveEvent) -> Option<T> + Send + 'static,
 ) -> impl Stream<Item = Result<T>> {
     struct St<F> {
         _budget: Option<BudgetGuard>,
-        rx: broadcast::Receiver<LiveEvent>,
+        rx: LiveReceiver,
         tenant: String,
         expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
         pick: F,
@@ -66,6 +65,7 @@ fn live_stream<T: Send + 'static>(
                 }
                 msg = st.rx.recv() => match msg {
                     Ok(ev) => {
+                        // The bus routes by tenant already; this keeps isolation local.
                         if ev.tenant() != st.tenant {
                             continue;
                         }
@@ -257,7 +257,11 @@ impl Subscription {
         });
         let budget = budget(ctx)?;
         let st = state(ctx)?;
-        let rx = st.live.subscribe();
+        let rx = st.live.subscribe_to(Route {
+            tenant: p.tenant.clone(),
+            kind: Kind::Attempts,
+            destination: only,
+        });
         let with = Relations::asked(ctx);
         let (db, tenant) = (st.db.clone(), p.tenant.clone());
         let attempts = live_stream(
@@ -298,7 +302,11 @@ impl Subscription {
             .map(|id| parse_id("destinationId", &id))
             .transpose()?;
         let budget = budget(ctx)?;
-        let rx = state(ctx)?.live.subscribe();
+        let rx = state(ctx)?.live.subscribe_to(Route {
+            tenant: p.tenant.clone(),
+            kind: Kind::Status,
+            destination: only,
+        });
         Ok(live_stream(
             budget,
             rx,
