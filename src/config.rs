@@ -74,6 +74,22 @@ pub struct ConfigArgs {
     /// Concurrent WebSocket connections per process.
     #[arg(long, env = "HOOKLINE_MAX_WS_CONNECTIONS", global = true)]
     pub max_ws_connections: Option<usize>,
+    /// Milliseconds a WebSocket may take to send `connection_init` before it is closed (4408).
+    #[arg(long, env = "HOOKLINE_WS_INIT_TIMEOUT_MS", global = true)]
+    pub ws_init_timeout_ms: Option<u64>,
+    /// WebSockets per process that have not yet completed `connection_init`.
+    #[arg(long, env = "HOOKLINE_WS_MAX_PRE_AUTH", global = true)]
+    pub ws_max_pre_auth: Option<usize>,
+    /// WebSockets per client address that have not yet completed `connection_init`.
+    #[arg(long, env = "HOOKLINE_WS_MAX_PRE_AUTH_PER_ADDRESS", global = true)]
+    pub ws_max_pre_auth_per_address: Option<usize>,
+    /// Largest WebSocket message (and frame) in bytes; a larger one closes the socket (1009).
+    #[arg(long, env = "HOOKLINE_WS_MAX_MESSAGE_BYTES", global = true)]
+    pub ws_max_message_bytes: Option<usize>,
+    /// Seconds between the server's WebSocket pings; a peer silent for two intervals is
+    /// dropped (0 = no pings).
+    #[arg(long, env = "HOOKLINE_WS_PING_INTERVAL_SECS", global = true)]
+    pub ws_ping_interval_secs: Option<u64>,
     /// 32-byte key (64 hex digits or base64) sealing secrets at rest. Default: generated into the data dir.
     #[arg(
         long,
@@ -121,6 +137,11 @@ struct FileConfig {
     publish_rate_per_tenant: Option<f64>,
     max_destinations_per_tenant: Option<u64>,
     max_ws_connections: Option<usize>,
+    ws_init_timeout_ms: Option<u64>,
+    ws_max_pre_auth: Option<usize>,
+    ws_max_pre_auth_per_address: Option<usize>,
+    ws_max_message_bytes: Option<usize>,
+    ws_ping_interval_secs: Option<u64>,
     retention_days: Option<u64>,
     payload_retention_days: Option<u64>,
     encryption_key: Option<String>,
@@ -145,6 +166,33 @@ pub struct Limits {
     pub max_destinations_per_tenant: u64,
     pub max_ws_connections: usize,
     pub max_subscriptions_per_connection: usize,
+    pub ws: WsLimits,
+}
+
+/// The WebSocket endpoint's bounds (see [`crate::ws`]).
+#[derive(Clone, Debug)]
+pub struct WsLimits {
+    /// How long a socket may stay without `connection_init`.
+    pub init_timeout: Duration,
+    /// Sockets not yet authenticated, per process and per client address: kept apart from
+    /// authenticated ones so that sockets that never authenticate cannot lock everyone out.
+    pub max_pre_auth: usize,
+    pub max_pre_auth_per_address: usize,
+    pub max_message_bytes: usize,
+    /// None: no server pings.
+    pub ping_interval: Option<Duration>,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        Self {
+            init_timeout: Duration::from_secs(5),
+            max_pre_auth: 100,
+            max_pre_auth_per_address: 10,
+            max_message_bytes: 1024 * 1024,
+            ping_interval: Some(Duration::from_secs(15)),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -159,6 +207,7 @@ impl Default for Limits {
             max_destinations_per_tenant: 10_000,
             max_ws_connections: 1_000,
             max_subscriptions_per_connection: 100,
+            ws: WsLimits::default(),
         }
     }
 }
@@ -388,6 +437,37 @@ impl Config {
         }
         if let Some(v) = pick(args.max_ws_connections, file.max_ws_connections) {
             cfg.limits.max_ws_connections = v;
+        }
+        let ws = &mut cfg.limits.ws;
+        if let Some(v) = pick(args.ws_init_timeout_ms, file.ws_init_timeout_ms) {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    name: "HOOKLINE_WS_INIT_TIMEOUT_MS",
+                    message: "must be at least 1".into(),
+                });
+            }
+            ws.init_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = pick(args.ws_max_pre_auth, file.ws_max_pre_auth) {
+            ws.max_pre_auth = v;
+        }
+        if let Some(v) = pick(
+            args.ws_max_pre_auth_per_address,
+            file.ws_max_pre_auth_per_address,
+        ) {
+            ws.max_pre_auth_per_address = v;
+        }
+        if let Some(v) = pick(args.ws_max_message_bytes, file.ws_max_message_bytes) {
+            if v < 1024 {
+                return Err(ConfigError::Invalid {
+                    name: "HOOKLINE_WS_MAX_MESSAGE_BYTES",
+                    message: format!("{v}: must be at least 1024"),
+                });
+            }
+            ws.max_message_bytes = v;
+        }
+        if let Some(v) = pick(args.ws_ping_interval_secs, file.ws_ping_interval_secs) {
+            ws.ping_interval = (v > 0).then(|| Duration::from_secs(v));
         }
         if let Some(v) = pick(args.lease_secs, file.lease_secs) {
             if v == 0 {

@@ -11,6 +11,7 @@
 //!   circuit breaker, target guard.
 //! - [`live`]: the bus of attempts and status changes behind GraphQL subscriptions.
 //! - [`server`]: the axum router, start-up and graceful shutdown.
+//! - [`ws`]: the WebSocket endpoint (graphql-transport-ws and legacy graphql-ws).
 //! - [`metrics`]: the Prometheus recorder and `/metrics`.
 //! - [`error`]: the one error type and its client-facing codes.
 
@@ -30,3 +31,4 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod ui;
+pub mod ws;

@@ -4,10 +4,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use async_graphql::Data;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
-use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -104,9 +103,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<(AppState, Started)> {
         publish_limiter: Arc::new(crate::ratelimit::TenantLimiter::new(
             config.limits.publish_rate_per_tenant,
         )),
-        ws_connections: Arc::new(tokio::sync::Semaphore::new(
-            config.limits.max_ws_connections,
-        )),
+        ws_slots: Arc::new(crate::ws::Slots::new(&config.limits)),
         publisher: Publisher::start(db.clone(), wake.clone(), hub.clone()),
         hub: hub.clone(),
         writer: Writer::start(
@@ -165,6 +162,8 @@ pub async fn serve(
             tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
         }
     });
+    // The peer address bounds unauthenticated WebSockets per client (see `crate::ws::Slots`).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(token.cancelled_owned())
         .await?;
@@ -244,38 +243,43 @@ async fn graphql(State(http): State<Http>, headers: HeaderMap, req: GraphQLReque
     GraphQLResponse::from(resp).into_response()
 }
 
-/// `graphql-transport-ws` and legacy `graphql-ws`; the JWT comes in `connection_init`.
+/// `graphql-transport-ws` and legacy `graphql-ws`; the JWT comes in `connection_init`. The
+/// connection itself is [`crate::ws::Connection`].
 async fn graphql_ws(
     State(http): State<Http>,
-    protocol: GraphQLProtocol,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let keys = http.app.keys.clone();
-    let Ok(permit) = http.app.ws_connections.clone().try_acquire_owned() else {
+    let ws = ws.protocols(ALL_WEBSOCKET_PROTOCOLS);
+    let Some(proto) = ws
+        .selected_protocol()
+        .and_then(|p| p.to_str().ok())
+        .and_then(crate::ws::Protocol::from_subprotocol)
+    else {
         return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many WebSocket connections (HOOKLINE_MAX_WS_CONNECTIONS)",
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Protocol must offer graphql-transport-ws or graphql-ws",
         )
             .into_response();
     };
-    let per_connection = http.app.config.limits.max_subscriptions_per_connection;
-    ws.protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| async move {
-            GraphQLWebSocket::new(socket, http.schema.clone(), protocol)
-                .on_connection_init(move |payload| async move {
-                    let value = ["Authorization", "authorization"]
-                        .iter()
-                        .find_map(|k| payload.get(*k).and_then(|v| v.as_str()));
-                    let principal = keys.verify_header(value)?;
-                    let mut data = Data::default();
-                    data.insert(Caller(Ok(principal)));
-                    data.insert(crate::graphql::SubscriptionBudget::new(per_connection));
-                    Ok(data)
-                })
-                .serve()
-                .await;
-            drop(permit);
-        })
+    let pre_auth = match http.app.ws_slots.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
+    };
+    let limits = &http.app.config.limits;
+    let conn = crate::ws::Connection {
+        schema: http.schema.clone(),
+        keys: http.app.keys.clone(),
+        proto,
+        limits: limits.ws.clone(),
+        subscriptions_per_connection: limits.max_subscriptions_per_connection,
+        shutdown: http.app.shutdown.clone(),
+    };
+    // Both bounds: a frame's header announces its length, so an oversized message is refused
+    // before its bytes are buffered.
+    ws.max_message_size(limits.ws.max_message_bytes)
+        .max_frame_size(limits.ws.max_message_bytes)
+        .on_upgrade(move |socket| conn.serve(socket, pre_auth))
         .into_response()
 }
 

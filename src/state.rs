@@ -41,6 +41,6 @@ pub struct AppState {
     pub publish_limiter: Arc<TenantLimiter>,
     /// Seals and opens secrets at rest.
     pub cipher: Arc<crate::crypto::Cipher>,
-    /// Open WebSocket connections in this process.
-    pub ws_connections: Arc<tokio::sync::Semaphore>,
+    /// WebSocket connection slots of this process, before and after authentication.
+    pub ws_slots: Arc<crate::ws::Slots>,
 }

@@ -24,3 +24,4 @@ mod plans;
 mod retention;
 mod schema;
 mod ws;
+mod ws_protocol;

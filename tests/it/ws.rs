@@ -55,8 +55,10 @@ pub enum Incoming {
 }
 
 pub struct WsClient {
-    ws: WebSocketStream<TcpStream>,
+    pub ws: WebSocketStream<TcpStream>,
     pub proto: Proto,
+    /// WebSocket ping frames received from the server (answered by tungstenite).
+    pub pings: usize,
     /// Messages that arrived while [`WsClient::sync`] waited for its pongs.
     backlog: VecDeque<Incoming>,
 }
@@ -69,6 +71,28 @@ impl WsClient {
         if let Some(n) = recv_buffer {
             sock.set_recv_buffer_size(n).expect("SO_RCVBUF");
         }
+        Self::handshake(addr, proto, sock)
+            .await
+            .expect("websocket handshake")
+    }
+
+    /// Opens from the local address `from` (any of 127.0.0.0/8), so a test can be several
+    /// clients; `Err` carries the HTTP status of a refused upgrade.
+    pub async fn open_from(
+        addr: SocketAddr,
+        proto: Proto,
+        from: std::net::IpAddr,
+    ) -> Result<Self, u16> {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(SocketAddr::new(from, 0)).expect("bind");
+        Self::handshake(addr, proto, sock).await
+    }
+
+    async fn handshake(
+        addr: SocketAddr,
+        proto: Proto,
+        sock: tokio::net::TcpSocket,
+    ) -> Result<Self, u16> {
         let stream = sock.connect(addr).await.expect("connect");
         let mut req = format!("ws://{addr}/graphql/ws")
             .into_client_request()
@@ -77,9 +101,13 @@ impl WsClient {
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(proto.name()),
         );
-        let (ws, resp) = tokio_tungstenite::client_async(req, stream)
-            .await
-            .expect("websocket handshake");
+        let (ws, resp) = match tokio_tungstenite::client_async(req, stream).await {
+            Ok(ok) => ok,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                return Err(resp.status().as_u16());
+            }
+            Err(e) => panic!("websocket handshake: {e}"),
+        };
         assert_eq!(
             resp.headers()
                 .get("sec-websocket-protocol")
@@ -87,11 +115,12 @@ impl WsClient {
             Some(proto.name()),
             "server must echo the subprotocol"
         );
-        WsClient {
+        Ok(WsClient {
             ws,
             proto,
+            pings: 0,
             backlog: VecDeque::new(),
-        }
+        })
     }
 
     /// Opens and authenticates with `Authorization: Bearer <token>`; panics unless acked.
@@ -176,6 +205,10 @@ impl WsClient {
             };
             let text = match msg {
                 Message::Text(t) => t.to_string(),
+                Message::Ping(_) => {
+                    self.pings += 1;
+                    continue;
+                }
                 Message::Close(f) => {
                     return Some(Incoming::Closed(
                         f.map(|f| (u16::from(f.code), f.reason.to_string())),
