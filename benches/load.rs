@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Scenarios: `single`, `fanout`, `steady`, `backlog`, `fanout-1000`, `live` (default: all of them);
-//! `ceilings` (only when named) measures the machine instead of Hookline.
+//! `ceilings` (only when named) measures the machine instead of Hookline; `idle-subs` (only
+//! when named) measures another tenant's 10 000 idle subscriptions.
 //! Every run starts a new server on a new database (a SQLite file in a temp dir, or a
 //! PostgreSQL database `bench_<uuid>` that is dropped afterwards). All traffic stays on
 //! 127.0.0.1; every loop is bounded in count and in time.
@@ -35,6 +36,8 @@ use uuid::Uuid;
 mod backlog;
 #[path = "load/ceilings.rs"]
 mod ceilings;
+#[path = "load/idle_subs.rs"]
+mod idle_subs;
 
 type Res<T> = Result<T, String>;
 
@@ -66,6 +69,8 @@ enum Scenario {
     Live,
     /// Not Hookline: the machine's ceilings (see `load/ceilings.rs`). Only when named.
     Ceilings,
+    /// Another tenant's 10 000 idle subscriptions (see `load/idle_subs.rs`). Only when named.
+    IdleSubs,
 }
 
 const ALL: [Scenario; 6] = [
@@ -87,14 +92,15 @@ impl Scenario {
             Scenario::Fanout1000 => "fanout-1000",
             Scenario::Live => "live",
             Scenario::Ceilings => "ceilings",
+            Scenario::IdleSubs => "idle-subs",
         }
     }
 
     fn parse(s: &str) -> Res<Self> {
         ALL.into_iter()
-            .chain([Scenario::Ceilings])
+            .chain([Scenario::Ceilings, Scenario::IdleSubs])
             .find(|x| x.name() == s)
-            .ok_or_else(|| format!("unknown scenario {s:?}; expected one of single, fanout, steady, backlog, fanout-1000, live, ceilings"))
+            .ok_or_else(|| format!("unknown scenario {s:?}; expected one of single, fanout, steady, backlog, fanout-1000, live, ceilings, idle-subs"))
     }
 }
 
@@ -153,7 +159,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--database sqlite|postgres|both] \
-[--scenario single|fanout|steady|backlog|fanout-1000|live|ceilings[,..]] [--events N] [--concurrency C] \
+[--scenario single|fanout|steady|backlog|fanout-1000|live|ceilings|idle-subs[,..]] [--events N] [--concurrency C] \
 [--runs R] [--rate EVENTS_PER_SEC] [--duration SECS] [--destinations N] [--dead 500|refuse|control] \
 [--settle SECS] [--writeback sync|checkpoint|none] [--sequential] [--timeout SECS] [--pg-url URL]";
 
@@ -506,6 +512,8 @@ struct Server {
     pid: String,
     base: String,
     token: String,
+    /// Signs tokens of other tenants ([`Server::mint`]).
+    secret: String,
     _dir: tempfile::TempDir,
     log: PathBuf,
     pg: Option<(String, String)>, // (admin url, database name)
@@ -646,6 +654,7 @@ impl Server {
             child,
             base: format!("http://127.0.0.1:{port}"),
             token,
+            secret,
             _dir: dir,
             log,
             pg,
@@ -673,6 +682,18 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A day-long read token of `tenant`.
+    fn mint(&self, tenant: &str) -> Res<String> {
+        JwtKeys::hs256(self.secret.as_bytes())
+            .mint(
+                tenant,
+                "bench",
+                Scopes::parse("read"),
+                Duration::from_secs(24 * 3600),
+            )
+            .map_err(|e| format!("mint token: {e}"))
     }
 
     fn log_tail(&self) -> String {
@@ -1454,6 +1475,7 @@ async fn run_on(sc: Scenario, server: &Server, args: &Args) -> Res<Run> {
         }
         Scenario::Backlog => backlog::sequential(server, &api, &recv, args, &mut run).await?,
         Scenario::Ceilings => return Err("`ceilings` runs without a server".into()),
+        Scenario::IdleSubs => idle_subs::run(server, &api, &recv, args, &mut run).await?,
         Scenario::Live => {
             // `single`'s load, watched by two `deliveryAttempts` subscribers: one asking for
             // the attempt's own fields, one also for its delivery, event and destination.
@@ -1605,6 +1627,13 @@ fn describe(sc: Scenario, args: &Args) -> String {
         Scenario::Ceilings => format!(
             "the machine's ceilings, no Hookline code, {} s each",
             args.duration.unwrap_or(5.0)
+        ),
+        Scenario::IdleSubs => format!(
+            "{} events per turn, 1 destination, {} concurrent publishers; turns without and \
+             with 10 000 idle deliveryAttempts subscriptions of another tenant ({} pairs)",
+            n_or(args, 20_000),
+            args.concurrency,
+            args.runs.max(2)
         ),
     }
 }
