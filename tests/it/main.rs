@@ -9,6 +9,7 @@ mod delivery_crash;
 mod delivery_features;
 mod delivery_retry;
 mod delivery_signing;
+mod egress;
 mod faults;
 mod fuzz;
 mod harness;
