@@ -116,7 +116,7 @@ pub fn retry_schedule_of(m: &destination::Model) -> Vec<u32> {
     serde_json::from_str(&m.retry_schedule).unwrap_or_else(|_| retry::DEFAULT_SCHEDULE.to_vec())
 }
 
-/// Opens the sealed columns in place (signing secrets, HTTP auth).
+/// Opens the sealed columns in place (signing secrets, HTTP auth, header values).
 pub fn unseal(m: &mut destination::Model, c: &Cipher) -> AppResult<()> {
     let open = |v: &str| {
         c.open(v)
@@ -129,18 +129,31 @@ pub fn unseal(m: &mut destination::Model, c: &Cipher) -> AppResult<()> {
     if let Some(v) = &m.http_auth {
         m.http_auth = Some(open(v)?);
     }
+    let mut headers = headers_of(m);
+    for h in &mut headers {
+        h.value = open(&h.value)?;
+    }
+    m.headers = json(&headers);
     Ok(())
 }
 
-/// Seals the secret columns for storage.
+/// Seals the secret columns for storage. Header values are sealed one by one, so their names
+/// stay readable in the row.
 pub fn seal(m: &mut destination::Model, c: &Cipher) {
     m.signing_secret = c.seal(&m.signing_secret);
     m.previous_secret = m.previous_secret.as_deref().map(|v| c.seal(v));
     m.http_auth = m.http_auth.as_deref().map(|v| c.seal(v));
+    let mut headers = headers_of(m);
+    for h in &mut headers {
+        h.value = c.seal(&h.value);
+    }
+    m.headers = json(&headers);
 }
 
 /// Re-seals, under the current key, every destination row sealed with an older key (or not
-/// at all). Runs at start-up; touches neither `version` nor `updated_at`.
+/// at all: rows from before header values were sealed hold them in the clear). Runs at
+/// start-up, after migrating, because sealing needs the key, which migrations never see;
+/// touches neither `version` nor `updated_at`.
 pub async fn reseal_all(db: &DatabaseConnection, c: &Cipher) -> AppResult<u64> {
     let mut done = 0;
     let rows = destination::Entity::find().all(db).await?;
@@ -149,7 +162,8 @@ pub async fn reseal_all(db: &DatabaseConnection, c: &Cipher) -> AppResult<u64> {
             || m.previous_secret
                 .as_deref()
                 .is_some_and(|v| c.needs_reseal(v))
-            || m.http_auth.as_deref().is_some_and(|v| c.needs_reseal(v));
+            || m.http_auth.as_deref().is_some_and(|v| c.needs_reseal(v))
+            || headers_of(&m).iter().any(|h| c.needs_reseal(&h.value));
         if !stale {
             continue;
         }
@@ -165,6 +179,7 @@ pub async fn reseal_all(db: &DatabaseConnection, c: &Cipher) -> AppResult<u64> {
                 Expr::value(m.previous_secret),
             )
             .col_expr(destination::Column::HttpAuth, Expr::value(m.http_auth))
+            .col_expr(destination::Column::Headers, Expr::value(m.headers))
             .filter(destination::Column::Id.eq(m.id))
             .exec(db)
             .await?;
@@ -229,7 +244,27 @@ pub(super) fn apply(m: &mut destination::Model, patch: DestinationPatch) -> Resu
         m.name = name;
     }
     if let Some(url) = patch.url {
-        validate::url(&url)?;
+        let to = validate::url(&url)?;
+        // Credentials belong to the receiver they were given for. Moving to another origin
+        // needs them given again (or removed): otherwise a token that may change the URL
+        // could have them sent to a server of its choosing.
+        let moves = !::url::Url::parse(&m.url).is_ok_and(|from| from.origin() == to.origin());
+        if moves {
+            let to = to.origin().ascii_serialization();
+            let again = |field: &'static str, what: &str| FieldError {
+                field,
+                message: format!(
+                    "the url moves to another origin ({to}): give {field} again, or {what} to \
+                     send none there"
+                ),
+            };
+            if m.http_auth.is_some() && patch.http_auth.is_none() {
+                return Err(again("httpAuth", "null"));
+            }
+            if !headers_of(m).is_empty() && patch.headers.is_none() {
+                return Err(again("headers", "[]"));
+            }
+        }
         m.url = url;
     }
     if let Some(v) = patch.display_name {
@@ -385,6 +420,71 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "signingSecret");
+    }
+
+    #[test]
+    fn credentials_do_not_follow_the_url_to_another_origin() {
+        let with_creds = || {
+            let mut m = defaults(&principal(), "n".into(), "https://a.example/h".into());
+            let patch = DestinationPatch {
+                http_auth: Some(Some(HttpAuth::Bearer { token: "t".into() })),
+                headers: Some(vec![Header {
+                    name: "X-Key".into(),
+                    value: "k".into(),
+                }]),
+                ..Default::default()
+            };
+            apply(&mut m, patch).unwrap();
+            m
+        };
+        let to = |url: &str| DestinationPatch {
+            url: Some(url.into()),
+            ..Default::default()
+        };
+        // Same origin (default port spelled out, other path): credentials stay.
+        for url in ["https://a.example:443/other", "https://A.example/h?x=1"] {
+            let mut m = with_creds();
+            apply(&mut m, to(url)).unwrap();
+            assert!(m.http_auth.is_some() && headers_of(&m).len() == 1, "{url}");
+        }
+        // Another scheme, host or port: refused until the credentials are given again.
+        for url in [
+            "http://a.example/h",
+            "https://b.example/h",
+            "https://a.example:8443/h",
+        ] {
+            let mut m = with_creds();
+            let err = apply(&mut m, to(url)).unwrap_err();
+            assert_eq!(err.field, "httpAuth", "{url}");
+            let mut patch = to(url);
+            patch.http_auth = Some(None);
+            assert_eq!(apply(&mut m, patch).unwrap_err().field, "headers", "{url}");
+            let mut patch = to(url);
+            patch.http_auth = Some(None);
+            patch.headers = Some(vec![]);
+            apply(&mut m, patch).unwrap();
+            assert_eq!(m.url, url);
+            assert!(m.http_auth.is_none() && headers_of(&m).is_empty());
+        }
+        // Without credentials, a move needs nothing.
+        let mut m = defaults(&principal(), "n".into(), "https://a.example/h".into());
+        apply(&mut m, to("https://b.example/h")).unwrap();
+    }
+
+    #[test]
+    fn header_values_are_sealed_and_names_stay_readable() {
+        let c = Cipher::new(&[9u8; 32], &[]);
+        let mut m = defaults(&principal(), "n".into(), "https://a.example/h".into());
+        m.headers = json(&[Header {
+            name: "X-Api-Key".into(),
+            value: "key-123-secret".into(),
+        }]);
+        seal(&mut m, &c);
+        assert!(m.headers.contains("X-Api-Key"), "{}", m.headers);
+        assert!(!m.headers.contains("key-123-secret"), "{}", m.headers);
+        assert!(headers_of(&m)[0].value.starts_with("enc:v1:"));
+        unseal(&mut m, &c).unwrap();
+        assert_eq!(headers_of(&m)[0].value, "key-123-secret");
     }
 
     #[test]
