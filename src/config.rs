@@ -467,6 +467,11 @@ impl EgressProxy {
     pub fn url(&self) -> &str {
         &self.0
     }
+
+    /// Scheme, host and port only, for logs.
+    pub fn origin(&self) -> String {
+        url::Url::parse(&self.0).map_or_else(|_| "?".into(), |u| u.origin().ascii_serialization())
+    }
 }
 
 fn pick<T>(flag_or_env: Option<T>, file: Option<T>) -> Option<T> {
@@ -542,6 +547,7 @@ mod tests {
         let proxy = cfg.egress_proxy.unwrap();
         assert_eq!(proxy.url(), "http://user:pw-secret@127.0.0.1:3128");
         assert!(!format!("{proxy:?}").contains("pw-secret"));
+        assert_eq!(proxy.origin(), "http://127.0.0.1:3128");
         for bad in ["socks5://u:pw-secret@h:1080", "pw-secret", "http://"] {
             let args = ConfigArgs {
                 egress_proxy: Some(bad.into()),

@@ -16,6 +16,7 @@ use crate::harness::*;
 /// machine).
 struct ProxyStub {
     addr: std::net::SocketAddr,
+    /// The head of each request received, in order.
     seen: Arc<Mutex<Vec<String>>>,
 }
 
@@ -39,6 +40,14 @@ impl ProxyStub {
 
     /// The request lines received, in order.
     fn seen(&self) -> Vec<String> {
+        let heads = self.seen.lock().unwrap();
+        heads
+            .iter()
+            .map(|h| h.lines().next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    fn heads(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -56,9 +65,8 @@ async fn answer(mut sock: tokio::net::TcpStream, seen: Arc<Mutex<Vec<String>>>) 
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let line = head.lines().next().unwrap_or_default().to_string();
-    seen.lock().unwrap().push(line.clone());
-    if line.starts_with("CONNECT ") {
+    seen.lock().unwrap().push(head.clone());
+    if head.starts_with("CONNECT ") {
         let _ = sock
             .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
             .await;
@@ -146,12 +154,21 @@ async fn the_environments_proxies_are_never_used() {
         .await;
         assert!(published.get("errors").is_none(), "{published:#}");
         let attempt = first_attempt(gql, &dest, "the first attempt").await;
+        // `sendTestEvent` sends outside the queue, through the same client.
+        let tested = gql(
+            "mutation($id: ID!) { sendTestEvent(destinationId: $id) { outcome errorKind } }",
+            json!({"id": dest}),
+        )
+        .await;
+        let tested = &tested["data"]["sendTestEvent"];
         if allow_private {
             assert_eq!(attempt["outcome"], "SUCCESS", "{attempt:#}");
             assert_eq!(attempt["responseBody"], "ok", "{attempt:#}");
-            assert_eq!(rx.count(), 1);
+            assert_eq!(tested["outcome"], "SUCCESS", "{tested:#}");
+            assert_eq!(rx.count(), 2);
         } else {
             assert_eq!(attempt["errorKind"], "BLOCKED_TARGET", "{attempt:#}");
+            assert_eq!(tested["errorKind"], "BLOCKED_TARGET", "{tested:#}");
             assert_eq!(rx.count(), 0);
         }
         assert_eq!(
@@ -167,14 +184,15 @@ async fn the_environments_proxies_are_never_used() {
 /// With `HOOKLINE_EGRESS_PROXY`, deliveries go through the proxy (plain HTTP in absolute form,
 /// HTTPS as a `CONNECT` tunnel), and only after the guard has judged the target here: a name
 /// that resolves to loopback and a loopback literal are refused without the proxy hearing of
-/// them.
+/// them. The proxy's credentials, given in its URL, go along.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_go_through_the_egress_proxy_after_the_guard() {
     let proxy = ProxyStub::start().await;
     let rx = Receiver::start().await;
     let s = Server::start_with(Backend::Sqlite, |c| {
         c.allow_private_targets = false;
-        c.egress_proxy = Some(EgressProxy::parse(&proxy.url()).unwrap());
+        let url = format!("http://relay:pw-relay@{}", proxy.addr);
+        c.egress_proxy = Some(EgressProxy::parse(&url).unwrap());
     })
     .await;
     let tok = s.token("egress", "admin");
@@ -211,4 +229,9 @@ async fn deliveries_go_through_the_egress_proxy_after_the_guard() {
         ]
     );
     assert_eq!(rx.count(), 0);
+    // relay:pw-relay
+    let auth = "proxy-authorization: basic cmvsyxk6chctcmvsyxk=";
+    for head in proxy.heads() {
+        assert!(head.to_ascii_lowercase().contains(auth), "{head}");
+    }
 }
