@@ -37,6 +37,15 @@ pub struct ConfigArgs {
     /// Allow deliveries to loopback, private and link-local addresses.
     #[arg(long, env = "HOOKLINE_ALLOW_PRIVATE_TARGETS", global = true)]
     pub allow_private_targets: Option<bool>,
+    /// Send deliveries through this HTTP proxy (`http://host:port`, optionally with
+    /// `user:password@`). The environment's `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` are ignored.
+    #[arg(
+        long,
+        env = "HOOKLINE_EGRESS_PROXY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub egress_proxy: Option<String>,
     /// Log filter (tracing-subscriber EnvFilter syntax).
     #[arg(long, env = "HOOKLINE_LOG", global = true)]
     pub log: Option<String>,
@@ -125,6 +134,7 @@ struct FileConfig {
     jwt_secret: Option<String>,
     jwt_public_key: Option<PathBuf>,
     allow_private_targets: Option<bool>,
+    egress_proxy: Option<String>,
     log: Option<String>,
     log_format: Option<String>,
     sqlite_synchronous: Option<String>,
@@ -263,6 +273,8 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     pub jwt_public_key: Option<PathBuf>,
     pub allow_private_targets: bool,
+    /// The proxy every delivery goes through; None sends directly.
+    pub egress_proxy: Option<EgressProxy>,
     pub log: String,
     pub log_format: LogFormat,
     /// `NORMAL` or `FULL`.
@@ -317,6 +329,7 @@ impl Config {
             jwt_secret: None,
             jwt_public_key: None,
             allow_private_targets: false,
+            egress_proxy: None,
             log: "info".into(),
             log_format: LogFormat::Text,
             sqlite_synchronous: "NORMAL".into(),
@@ -359,6 +372,11 @@ impl Config {
         cfg.jwt_public_key = pick(args.jwt_public_key.clone(), file.jwt_public_key);
         if let Some(v) = pick(args.allow_private_targets, file.allow_private_targets) {
             cfg.allow_private_targets = v;
+        }
+        if let Some(v) = pick(args.egress_proxy.clone(), file.egress_proxy) {
+            cfg.egress_proxy = (!v.is_empty())
+                .then(|| EgressProxy::parse(&v))
+                .transpose()?;
         }
         if let Some(v) = pick(args.log.clone(), file.log) {
             cfg.log = v;
@@ -499,6 +517,43 @@ impl Config {
     }
 }
 
+/// An egress proxy URL. `Debug` hides it: it may carry the proxy's password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EgressProxy(String);
+
+impl std::fmt::Debug for EgressProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EgressProxy(***)")
+    }
+}
+
+impl EgressProxy {
+    /// The error never repeats the value, which may hold a password.
+    pub fn parse(v: &str) -> Result<Self, ConfigError> {
+        let invalid = |message: &str| ConfigError::Invalid {
+            name: "HOOKLINE_EGRESS_PROXY",
+            message: message.into(),
+        };
+        let u = url::Url::parse(v).map_err(|_| invalid("is not a URL"))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(invalid("must be an http:// or https:// URL"));
+        }
+        if u.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("must name the proxy's host"));
+        }
+        Ok(Self(v.to_string()))
+    }
+
+    pub fn url(&self) -> &str {
+        &self.0
+    }
+
+    /// Scheme, host and port only, for logs.
+    pub fn origin(&self) -> String {
+        url::Url::parse(&self.0).map_or_else(|_| "?".into(), |u| u.origin().ascii_serialization())
+    }
+}
+
 fn pick<T>(flag_or_env: Option<T>, file: Option<T>) -> Option<T> {
     flag_or_env.or(file)
 }
@@ -560,6 +615,33 @@ mod tests {
             let err = Config::load(&args).unwrap_err().to_string();
             assert!(err.contains("HOOKLINE_DB_MAX_CONNECTIONS"), "{err}");
         }
+    }
+
+    #[test]
+    fn egress_proxy_is_checked_and_never_echoed() {
+        let args = ConfigArgs {
+            egress_proxy: Some("http://user:pw-secret@127.0.0.1:3128".into()),
+            ..Default::default()
+        };
+        let cfg = Config::load(&args).unwrap();
+        let proxy = cfg.egress_proxy.unwrap();
+        assert_eq!(proxy.url(), "http://user:pw-secret@127.0.0.1:3128");
+        assert!(!format!("{proxy:?}").contains("pw-secret"));
+        assert_eq!(proxy.origin(), "http://127.0.0.1:3128");
+        for bad in ["socks5://u:pw-secret@h:1080", "pw-secret", "http://"] {
+            let args = ConfigArgs {
+                egress_proxy: Some(bad.into()),
+                ..Default::default()
+            };
+            let err = Config::load(&args).unwrap_err().to_string();
+            assert!(err.contains("HOOKLINE_EGRESS_PROXY"), "{err}");
+            assert!(!err.contains("pw-secret"), "{err}");
+        }
+        let args = ConfigArgs {
+            egress_proxy: Some(String::new()),
+            ..Default::default()
+        };
+        assert!(Config::load(&args).unwrap().egress_proxy.is_none());
     }
 
     #[test]

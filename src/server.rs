@@ -91,7 +91,10 @@ pub async fn prepare(config: Config) -> anyhow::Result<(AppState, Started)> {
     let delivery_rt = Arc::new(crate::dispatch::threads::DeliveryRuntime::new()?);
     let wake = Arc::new(tokio::sync::Notify::new());
     let instance_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
-    let sender = HttpSender::new(config.allow_private_targets)?;
+    let sender = HttpSender::new(config.allow_private_targets, config.egress_proxy.as_ref())?;
+    if let Some(p) = &config.egress_proxy {
+        tracing::info!(proxy = %p.origin(), "deliveries go through the egress proxy");
+    }
     let hub = Arc::new(crate::dispatch::hub::Hub::new(
         config.dispatch.max_concurrency * 128,
         crate::dispatch::hub::WINDOW_BYTES,

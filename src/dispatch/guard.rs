@@ -108,6 +108,31 @@ pub fn check_url(url: &url::Url, allow_private: bool) -> Result<(), GuardError> 
     Ok(())
 }
 
+/// For deliveries through an egress proxy, which resolves the target's name itself (Hookline
+/// never connects to the target): resolves the name here and refuses it when any of its
+/// addresses is blocked, since the proxy may pick any of them. The proxy's own lookup can
+/// still differ (DNS rebinding), which is why the proxy should refuse private ranges too.
+pub async fn check_name_for_proxy(url: &url::Url, allow_private: bool) -> Result<(), GuardError> {
+    let Some(url::Host::Domain(host)) = url.host() else {
+        // IP literals were judged by `check_url`.
+        return Ok(());
+    };
+    if allow_private {
+        return Ok(());
+    }
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+        .await
+        .map_err(|e| GuardError::Dns(format!("{host}: {e}")))?
+        .collect();
+    if resolved.is_empty() {
+        return Err(GuardError::Dns(format!("{host} has no addresses")));
+    }
+    match resolved.iter().find(|sa| is_blocked_ip(sa.ip())) {
+        Some(sa) => Err(GuardError::Blocked(sa.ip())),
+        None => Ok(()),
+    }
+}
+
 /// A reqwest DNS resolver that resolves with tokio and drops blocked addresses, so the check
 /// applies to the address actually connected to (defeats DNS rebinding). When every address
 /// is blocked, resolution fails with an error whose message contains "blocked target".
@@ -301,6 +326,25 @@ mod tests {
         .collect();
         let localhost: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(addrs.iter().any(|a| a.ip() == localhost), "{addrs:?}");
+    }
+
+    #[tokio::test]
+    async fn names_for_a_proxy_are_resolved_and_judged_here() {
+        let url = |s: &str| url::Url::parse(s).unwrap();
+        let err = check_name_for_proxy(&url("http://localhost:9/"), false)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, GuardError::Blocked(ip) if ip.is_loopback()),
+            "{err}"
+        );
+        // Allowed private targets and IP literals need no lookup here.
+        check_name_for_proxy(&url("http://localhost:9/"), true)
+            .await
+            .unwrap();
+        check_name_for_proxy(&url("http://8.8.8.8/"), false)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use super::guard::{self, GuardedResolver};
 use super::retry;
 use super::signing::{self, Secret, SigningScheme};
+use crate::config::EgressProxy;
 use crate::service::destinations::{HttpAuth, headers_of, http_auth_of};
 
 /// How much of a response body is kept.
@@ -73,21 +74,28 @@ impl Outcome {
     }
 }
 
-/// Two pooled clients (certificate checks on and off), both resolving through the guard.
+/// Two pooled clients (certificate checks on and off). Without an egress proxy both connect
+/// directly and resolve through the guard; the environment's proxy variables are never read,
+/// since a proxy resolves the target itself, out of the guard's sight.
 #[derive(Clone)]
 pub struct HttpSender {
     verifying: reqwest::Client,
     insecure: reqwest::Client,
     allow_private: bool,
+    /// Deliveries go through the configured egress proxy: target names are resolved and
+    /// judged before each request (see [`guard::check_name_for_proxy`]).
+    via_proxy: bool,
 }
 
 impl HttpSender {
-    pub fn new(allow_private: bool) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        allow_private: bool,
+        egress_proxy: Option<&EgressProxy>,
+    ) -> Result<Self, reqwest::Error> {
         let build = |verify: bool| {
-            reqwest::Client::builder()
+            let builder = reqwest::Client::builder()
                 .user_agent(concat!("hookline/", env!("CARGO_PKG_VERSION")))
                 .redirect(reqwest::redirect::Policy::none())
-                .dns_resolver(Arc::new(GuardedResolver { allow_private }))
                 .connect_timeout(Duration::from_secs(10))
                 .pool_idle_timeout(Duration::from_secs(60))
                 // No cap of its own: the dispatcher's global semaphore already bounds the
@@ -96,13 +104,22 @@ impl HttpSender {
                 // destinations share a host — a third of the CPU in the fan-out benchmark.
                 .pool_max_idle_per_host(usize::MAX)
                 .tcp_nodelay(true)
-                .tls_danger_accept_invalid_certs(!verify)
-                .build()
+                .tls_danger_accept_invalid_certs(!verify);
+            let builder = match egress_proxy {
+                None => builder
+                    .no_proxy()
+                    .dns_resolver(Arc::new(GuardedResolver { allow_private })),
+                // The resolver then only ever looks up the proxy's own host, which the
+                // operator chose and may well be private.
+                Some(p) => builder.proxy(reqwest::Proxy::all(p.url())?),
+            };
+            builder.build()
         };
         Ok(Self {
             verifying: build(true)?,
             insecure: build(false)?,
             allow_private,
+            via_proxy: egress_proxy.is_some(),
         })
     }
 
@@ -116,6 +133,15 @@ impl HttpSender {
         };
         if let Err(e) = guard::check_url(&url, self.allow_private) {
             return Outcome::failed(ErrorKind::BlockedTarget, e.to_string(), started);
+        }
+        if self.via_proxy
+            && let Err(e) = guard::check_name_for_proxy(&url, self.allow_private).await
+        {
+            let kind = match e {
+                guard::GuardError::Dns(_) => ErrorKind::Dns,
+                _ => ErrorKind::BlockedTarget,
+            };
+            return Outcome::failed(kind, e.to_string(), started);
         }
         let headers = match request_headers(d, msg_id, &body) {
             Ok(h) => h,

@@ -88,28 +88,70 @@ fn load_err(e: std::sync::Arc<sea_orm::DbErr>) -> AppError {
     AppError::internal("loader", e)
 }
 
-pub struct Event(pub event::Model);
+pub struct Event {
+    row: event::Model,
+    /// Set by `publishEvent`: whether the idempotency key matched an event already stored.
+    replayed: Option<bool>,
+    /// Only the id and type are shown: a replay answered to a caller without `read`, who
+    /// must not learn what another publish with the same key stored.
+    withheld: bool,
+}
+
+impl From<event::Model> for Event {
+    fn from(row: event::Model) -> Self {
+        Event {
+            row,
+            replayed: None,
+            withheld: false,
+        }
+    }
+}
+
+impl Event {
+    /// What `publishEvent` answers: the new event, or on a replay the stored one, whose data
+    /// beyond id and type only a caller with `read` sees.
+    pub fn published(row: event::Model, replayed: bool, caller_reads: bool) -> Self {
+        Event {
+            row,
+            replayed: Some(replayed),
+            withheld: replayed && !caller_reads,
+        }
+    }
+
+    fn shown(&self) -> Option<&event::Model> {
+        (!self.withheld).then_some(&self.row)
+    }
+}
 
 #[Object]
 impl Event {
     async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+        ID(self.row.id.to_string())
     }
     #[graphql(name = "type")]
     async fn event_type(&self) -> &str {
-        &self.0.event_type
+        &self.row.event_type
     }
-    async fn level(&self) -> Level {
-        Level::from_stored(&self.0.level)
+    /// Null only in a `publishEvent` replay answered to a caller without `read`.
+    async fn level(&self) -> Option<Level> {
+        self.shown().map(|e| Level::from_stored(&e.level))
     }
-    async fn payload(&self) -> Json<serde_json::Value> {
-        Json(serde_json::from_str(&self.0.payload).unwrap_or(serde_json::Value::Null))
+    /// Null only in a `publishEvent` replay answered to a caller without `read`.
+    async fn payload(&self) -> Option<Json<serde_json::Value>> {
+        self.shown()
+            .map(|e| Json(serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null)))
     }
     async fn idempotency_key(&self) -> Option<&str> {
-        self.0.idempotency_key.as_deref()
+        self.row.idempotency_key.as_deref()
     }
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at
+    /// Null only in a `publishEvent` replay answered to a caller without `read`.
+    async fn created_at(&self) -> Option<DateTime<Utc>> {
+        self.shown().map(|e| e.created_at)
+    }
+    /// In `publishEvent`'s answer: true when the idempotency key matched an event already
+    /// stored, so nothing new was written or delivered. Null elsewhere.
+    async fn replayed(&self) -> Option<bool> {
+        self.replayed
     }
     /// This event's deliveries, one per destination it reached.
     async fn deliveries(
@@ -119,7 +161,7 @@ impl Event {
         after: Option<String>,
     ) -> Result<Conn<Delivery>> {
         let filter = DeliveryFilter {
-            event_id: Some(self.0.id),
+            event_id: Some(self.row.id),
             ..Default::default()
         };
         delivery_connection(ctx, filter, first, after, None, None).await
@@ -209,14 +251,14 @@ impl Delivery {
     async fn event(&self, ctx: &Context<'_>) -> Result<Option<Event>> {
         principal(ctx)?;
         if let Some(e) = &self.1.event {
-            return Ok(Some(Event((**e).clone())));
+            return Ok(Some(Event::from((**e).clone())));
         }
         let e = loaders(ctx)?
             .events
             .load_one(self.0.event_id)
             .await
             .map_err(load_err)?;
-        Ok(e.map(Event))
+        Ok(e.map(Event::from))
     }
     /// The destination, even if it was deleted since (see its `deletedAt`).
     async fn destination(&self, ctx: &Context<'_>) -> Result<Option<Destination>> {

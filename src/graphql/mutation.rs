@@ -154,7 +154,9 @@ impl Mutation {
     }
 
     /// Needs the `publish` scope. Answers only after the event and its deliveries are
-    /// committed: an accepted event is never lost.
+    /// committed: an accepted event is never lost. A retry with a stored idempotency key
+    /// writes nothing and answers the stored event with `replayed: true`; without the `read`
+    /// scope, only its id and type (level, payload and createdAt are null).
     async fn publish_event(&self, ctx: &Context<'_>, input: PublishEventInput) -> Result<Event> {
         let p = principal(ctx)?;
         p.require(Scope::Publish)?;
@@ -181,7 +183,11 @@ impl Mutation {
         }
         let published = st.publisher.publish(p, ev).await?;
         metrics::counter!("hookline_events_published_total").increment(1);
-        Ok(Event(published.event))
+        Ok(Event::published(
+            published.event,
+            !published.created,
+            p.scopes.has(Scope::Read),
+        ))
     }
 
     /// Queues the delivery for an attempt now. An exhausted delivery gets one more try.

@@ -92,7 +92,7 @@ impl Query {
         let p = require(ctx, Scope::Read)?;
         let id = parse_id("id", &id)?;
         let st = state(ctx)?;
-        Ok(events::get(&st.db.read, p, id).await?.map(Event))
+        Ok(events::get(&st.db.read, p, id).await?.map(Event::from))
     }
 
     /// Newest first.
@@ -121,7 +121,7 @@ impl Query {
             page,
             CountQuery::Events(events::filtered(p, &filter)),
             |m| m.id,
-            Event,
+            Event::from,
         ))
     }
 

@@ -62,7 +62,9 @@ pub enum HttpAuthKind {
 #[derive(SimpleObject, Clone, Debug)]
 pub struct Header {
     pub name: String,
-    /// Shown only to callers with the `write` scope (values often carry API keys).
+    /// Always null: header values often carry API keys, so like HTTP-auth credentials they
+    /// are write-only (sealed at rest, sent only to the destination's origin).
+    #[graphql(deprecation = "header values are write-only; this is always null")]
     pub value: Option<String>,
 }
 
@@ -140,15 +142,15 @@ impl Destination {
             _ => HttpAuthKind::None,
         })
     }
-    async fn headers(&self, ctx: &Context<'_>) -> Result<Vec<Header>> {
-        let show = principal(ctx)?.scopes.has(Scope::Write);
-        Ok(headers_of(&self.0)
+    /// The extra request headers, by name.
+    async fn headers(&self) -> Vec<Header> {
+        headers_of(&self.0)
             .into_iter()
             .map(|h| Header {
                 name: h.name,
-                value: show.then_some(h.value),
+                value: None,
             })
-            .collect())
+            .collect()
     }
     async fn timeout_ms(&self) -> i32 {
         self.0.timeout_ms

@@ -1,22 +1,18 @@
 //! A destination's settings: the patch every create and update goes through (one validation
-//! path), the JSON columns' decoding, and the sealing of its secrets at rest.
+//! path) and the JSON columns' decoding. Sealing at rest is in `destination_secrets`.
 
 use chrono::{DateTime, Utc};
 use entity::destination;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde::{Deserialize, Serialize};
 
 use super::matching::{EventsPolicy, Level};
 use super::validate::{self, FieldError};
 use super::{new_id, now};
 use crate::auth::Principal;
-use crate::crypto::Cipher;
 use crate::dispatch::circuit::Health;
 use crate::dispatch::payload::PayloadFormat;
 use crate::dispatch::retry;
 use crate::dispatch::signing::{self, SigningScheme};
-use crate::error::{AppError, AppResult};
 
 pub const DEFAULT_TIMEOUT_MS: i32 = 10_000;
 pub const DEFAULT_MAX_IN_FLIGHT: i32 = 32;
@@ -116,63 +112,6 @@ pub fn retry_schedule_of(m: &destination::Model) -> Vec<u32> {
     serde_json::from_str(&m.retry_schedule).unwrap_or_else(|_| retry::DEFAULT_SCHEDULE.to_vec())
 }
 
-/// Opens the sealed columns in place (signing secrets, HTTP auth).
-pub fn unseal(m: &mut destination::Model, c: &Cipher) -> AppResult<()> {
-    let open = |v: &str| {
-        c.open(v)
-            .map_err(|e| AppError::internal("open destination secret", e))
-    };
-    m.signing_secret = open(&m.signing_secret)?;
-    if let Some(v) = &m.previous_secret {
-        m.previous_secret = Some(open(v)?);
-    }
-    if let Some(v) = &m.http_auth {
-        m.http_auth = Some(open(v)?);
-    }
-    Ok(())
-}
-
-/// Seals the secret columns for storage.
-pub fn seal(m: &mut destination::Model, c: &Cipher) {
-    m.signing_secret = c.seal(&m.signing_secret);
-    m.previous_secret = m.previous_secret.as_deref().map(|v| c.seal(v));
-    m.http_auth = m.http_auth.as_deref().map(|v| c.seal(v));
-}
-
-/// Re-seals, under the current key, every destination row sealed with an older key (or not
-/// at all). Runs at start-up; touches neither `version` nor `updated_at`.
-pub async fn reseal_all(db: &DatabaseConnection, c: &Cipher) -> AppResult<u64> {
-    let mut done = 0;
-    let rows = destination::Entity::find().all(db).await?;
-    for mut m in rows {
-        let stale = c.needs_reseal(&m.signing_secret)
-            || m.previous_secret
-                .as_deref()
-                .is_some_and(|v| c.needs_reseal(v))
-            || m.http_auth.as_deref().is_some_and(|v| c.needs_reseal(v));
-        if !stale {
-            continue;
-        }
-        unseal(&mut m, c)?;
-        seal(&mut m, c);
-        destination::Entity::update_many()
-            .col_expr(
-                destination::Column::SigningSecret,
-                Expr::value(m.signing_secret),
-            )
-            .col_expr(
-                destination::Column::PreviousSecret,
-                Expr::value(m.previous_secret),
-            )
-            .col_expr(destination::Column::HttpAuth, Expr::value(m.http_auth))
-            .filter(destination::Column::Id.eq(m.id))
-            .exec(db)
-            .await?;
-        done += 1;
-    }
-    Ok(done)
-}
-
 pub(super) fn defaults(p: &Principal, name: String, url: String) -> destination::Model {
     let t = now();
     destination::Model {
@@ -217,7 +156,7 @@ pub(super) fn defaults(p: &Principal, name: String, url: String) -> destination:
     }
 }
 
-pub(super) fn json<T: Serialize + ?Sized>(v: &T) -> String {
+pub(crate) fn json<T: Serialize + ?Sized>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
 
@@ -229,7 +168,27 @@ pub(super) fn apply(m: &mut destination::Model, patch: DestinationPatch) -> Resu
         m.name = name;
     }
     if let Some(url) = patch.url {
-        validate::url(&url)?;
+        let to = validate::url(&url)?;
+        // Credentials belong to the receiver they were given for. Moving to another origin
+        // needs them given again (or removed): otherwise a token that may change the URL
+        // could have them sent to a server of its choosing.
+        let moves = !::url::Url::parse(&m.url).is_ok_and(|from| from.origin() == to.origin());
+        if moves {
+            let to = to.origin().ascii_serialization();
+            let again = |field: &'static str, what: &str| FieldError {
+                field,
+                message: format!(
+                    "the url moves to another origin ({to}): give {field} again, or {what} to \
+                     send none there"
+                ),
+            };
+            if m.http_auth.is_some() && patch.http_auth.is_none() {
+                return Err(again("httpAuth", "null"));
+            }
+            if !headers_of(m).is_empty() && patch.headers.is_none() {
+                return Err(again("headers", "[]"));
+            }
+        }
         m.url = url;
     }
     if let Some(v) = patch.display_name {
@@ -385,6 +344,55 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "signingSecret");
+    }
+
+    #[test]
+    fn credentials_do_not_follow_the_url_to_another_origin() {
+        let with_creds = || {
+            let mut m = defaults(&principal(), "n".into(), "https://a.example/h".into());
+            let patch = DestinationPatch {
+                http_auth: Some(Some(HttpAuth::Bearer { token: "t".into() })),
+                headers: Some(vec![Header {
+                    name: "X-Key".into(),
+                    value: "k".into(),
+                }]),
+                ..Default::default()
+            };
+            apply(&mut m, patch).unwrap();
+            m
+        };
+        let to = |url: &str| DestinationPatch {
+            url: Some(url.into()),
+            ..Default::default()
+        };
+        // Same origin (default port spelled out, other path): credentials stay.
+        for url in ["https://a.example:443/other", "https://A.example/h?x=1"] {
+            let mut m = with_creds();
+            apply(&mut m, to(url)).unwrap();
+            assert!(m.http_auth.is_some() && headers_of(&m).len() == 1, "{url}");
+        }
+        // Another scheme, host or port: refused until the credentials are given again.
+        for url in [
+            "http://a.example/h",
+            "https://b.example/h",
+            "https://a.example:8443/h",
+        ] {
+            let mut m = with_creds();
+            let err = apply(&mut m, to(url)).unwrap_err();
+            assert_eq!(err.field, "httpAuth", "{url}");
+            let mut patch = to(url);
+            patch.http_auth = Some(None);
+            assert_eq!(apply(&mut m, patch).unwrap_err().field, "headers", "{url}");
+            let mut patch = to(url);
+            patch.http_auth = Some(None);
+            patch.headers = Some(vec![]);
+            apply(&mut m, patch).unwrap();
+            assert_eq!(m.url, url);
+            assert!(m.http_auth.is_none() && headers_of(&m).is_empty());
+        }
+        // Without credentials, a move needs nothing.
+        let mut m = defaults(&principal(), "n".into(), "https://a.example/h".into());
+        apply(&mut m, to("https://b.example/h")).unwrap();
     }
 
     #[test]

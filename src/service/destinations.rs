@@ -20,6 +20,7 @@ use crate::dispatch::circuit::Health;
 use crate::dispatch::signing::{self, SigningScheme};
 use crate::error::{AppError, AppResult};
 
+pub use super::destination_secrets::*;
 pub use super::destination_settings::*;
 use super::destination_settings::{apply, defaults};
 fn name_conflict(name: &str) -> impl Fn(DbErr) -> AppError + '_ {

@@ -2,6 +2,7 @@
 
 pub mod bulk;
 pub mod deliveries;
+mod destination_secrets;
 mod destination_settings;
 pub mod destinations;
 pub mod events;

@@ -949,6 +949,8 @@ both!(every_setting_round_trips, |backend| async move {
         want.as_object_mut().unwrap().remove(k);
     }
     want["httpAuth"] = json!("BEARER");
+    // Header values are write-only.
+    want["headers"] = json!([{"name": "X-One", "value": null}, {"name": "X-Two", "value": null}]);
     want["status"] = json!("DISABLED");
     want["version"] = json!(1);
     assert_has(&d, &want);
@@ -974,6 +976,7 @@ both!(every_setting_round_trips, |backend| async move {
         s.ok(&t, &update, json!({"id": id, "input": change})).await["updateDestination"].clone();
     let mut want = change.clone();
     want["httpAuth"] = json!("BASIC");
+    want["headers"] = json!([{"name": "X-Three", "value": null}]);
     want["status"] = json!("ACTIVE");
     want["version"] = json!(2);
     assert_has(&d2, &want);

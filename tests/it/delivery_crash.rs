@@ -2,94 +2,12 @@
 //! whose publish was answered is delivered in the end.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::both;
 use crate::harness::*;
-
-struct Child {
-    proc: tokio::process::Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Child {
-    async fn spawn(db: &TestDb, n: usize) -> Child {
-        // A free port: bound, read, released for the child to take.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = db.dir.path().join(format!("child-{n}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let proc = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
-            .arg("serve")
-            .env("HOOKLINE_DATABASE_URL", &db.url)
-            .env("HOOKLINE_DATA_DIR", db.dir.path())
-            .env("HOOKLINE_JWT_SECRET", SECRET)
-            .env("HOOKLINE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("HOOKLINE_ALLOW_PRIVATE_TARGETS", "true")
-            // PostgreSQL: a dead instance's leases must lapse quickly for the test.
-            .env("HOOKLINE_LEASE_SECS", "2")
-            .env("HOOKLINE_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn hookline");
-        let child = Child {
-            proc,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        child.wait_ready().await;
-        child
-    }
-
-    async fn wait_ready(&self) {
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = http.get(format!("{}/readyz", self.base)).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "child never became ready:\n{}",
-                read_log(&self.log)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn gql(&self, http: &reqwest::Client, token: &str, query: &str, vars: Value) -> Value {
-        let resp = http
-            .post(format!("{}/graphql", self.base))
-            .bearer_auth(token)
-            .json(&json!({"query": query, "variables": vars}))
-            .send()
-            .await
-            .expect("graphql request");
-        resp.json().await.expect("graphql json")
-    }
-
-    /// SIGKILL: no graceful shutdown, leases stay as they were.
-    async fn kill(mut self) {
-        self.proc.kill().await.expect("kill child");
-    }
-}
-
-fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
 
 both!(sigkill_mid_delivery_loses_nothing, |backend| async move {
     let db = TestDb::new(backend).await;

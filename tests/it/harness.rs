@@ -643,3 +643,102 @@ pub fn test_writer(
         )),
     )
 }
+
+// ---- The real binary as a child process --------------------------------------------------
+
+/// The `hookline` binary serving on `db`, for what an in-process server cannot show: a crash,
+/// or the process environment it reads.
+pub struct Child {
+    proc: tokio::process::Child,
+    pub base: String,
+    pub log: std::path::PathBuf,
+}
+
+impl Child {
+    pub async fn spawn(db: &TestDb, n: usize) -> Child {
+        Self::spawn_with(db, n, |_| {}).await
+    }
+
+    /// `tweak` can add to (or override) the child's environment before it starts.
+    pub async fn spawn_with(
+        db: &TestDb,
+        n: usize,
+        tweak: impl FnOnce(&mut tokio::process::Command),
+    ) -> Child {
+        // A free port: bound, read, released for the child to take.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = db.dir.path().join(format!("child-{n}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookline"));
+        cmd.arg("serve")
+            .env("HOOKLINE_DATABASE_URL", &db.url)
+            .env("HOOKLINE_DATA_DIR", db.dir.path())
+            .env("HOOKLINE_JWT_SECRET", SECRET)
+            .env("HOOKLINE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HOOKLINE_ALLOW_PRIVATE_TARGETS", "true")
+            // PostgreSQL: a dead instance's leases must lapse quickly for the test.
+            .env("HOOKLINE_LEASE_SECS", "2")
+            .env("HOOKLINE_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true);
+        tweak(&mut cmd);
+        let proc = cmd.spawn().expect("spawn hookline");
+        let child = Child {
+            proc,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        child.wait_ready().await;
+        child
+    }
+
+    async fn wait_ready(&self) {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(format!("{}/readyz", self.base)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "child never became ready:\n{}",
+                read_log(&self.log)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn gql(
+        &self,
+        http: &reqwest::Client,
+        token: &str,
+        query: &str,
+        vars: Value,
+    ) -> Value {
+        let resp = http
+            .post(format!("{}/graphql", self.base))
+            .bearer_auth(token)
+            .json(&json!({"query": query, "variables": vars}))
+            .send()
+            .await
+            .expect("graphql request");
+        resp.json().await.expect("graphql json")
+    }
+
+    /// SIGKILL: no graceful shutdown, leases stay as they were.
+    pub async fn kill(mut self) {
+        self.proc.kill().await.expect("kill child");
+    }
+}
+
+pub fn read_log(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

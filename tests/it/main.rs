@@ -1,14 +1,17 @@
 //! One integration-test binary: real servers, real receivers, real databases.
 
 mod api_auth;
+mod api_credentials;
 mod api_destinations;
 mod api_http;
+mod api_publish;
 mod api_tenancy;
 mod api_validation;
 mod delivery_crash;
 mod delivery_features;
 mod delivery_retry;
 mod delivery_signing;
+mod egress;
 mod faults;
 mod fuzz;
 mod harness;
