@@ -8,7 +8,7 @@ import {
 } from '../form.js';
 
 const FIELDS = `id name displayName description url enabled version signingScheme signatureHeader httpAuth
-  headers { name value } timeoutMs payloadFormat batchSize batchWindowMs rateLimitPerSec maxInFlight
+  headers { name } timeoutMs payloadFormat batchSize batchWindowMs rateLimitPerSec maxInFlight
   ordered retrySchedule maxAttempts discardAfterSecs lossy tlsVerify`;
 
 const LOAD = `query EditDestination($id: ID!) { destination(id: $id) { ${FIELDS} } }`;
@@ -93,7 +93,11 @@ function readForm(form, creating) {
   else if (auth === 'BEARER') v.httpAuth = { bearer: { token: form.elements.authToken.value } };
   if (v.httpAuth === undefined) delete v.httpAuth;
   attempt('headers', () => {
+    // Header values are write-only: when editing, an empty box keeps the stored headers and
+    // "remove all" clears them; anything written replaces them all.
+    if (!creating && form.elements.clearHeaders.checked) return [];
     const lines = form.elements.headers.value.split('\n').map((l) => l.trim()).filter(Boolean);
+    if (!creating && !lines.length) return undefined;
     return lines.map((line, i) => {
       const at = line.indexOf(':');
       if (at <= 0) throw new ParseError('headers', `line ${i + 1}: write "Name: value"`);
@@ -202,8 +206,12 @@ export async function editPage(page, { params }) {
         hint: creating ? 'Empty: one is generated (whsec_… for Standard Webhooks).' : 'Empty: keep the current secret. To rotate with a grace period, use the API’s rotateDestinationSecret.',
       }),
       authFieldset(c.httpAuth || 'NONE', creating),
-      field('Extra headers', h('textarea', { name: 'headers', rows: 3, spellcheck: 'false', placeholder: 'X-Api-Key: …' },
-        (c.headers || []).map((x) => `${x.name}: ${x.value ?? ''}`).join('\n')), { hint: 'One "Name: value" per line, at most 20.' }),
+      field('Extra headers', h('textarea', { name: 'headers', rows: 3, spellcheck: 'false', placeholder: 'X-Api-Key: …' }), {
+        hint: creating
+          ? 'One "Name: value" per line, at most 20.'
+          : `Now: ${(c.headers || []).map((x) => x.name).join(', ') || 'none'}. Values are write-only: empty keeps them; to change any, write every header again ("Name: value" per line, at most 20).`,
+      }),
+      creating ? null : field('Remove all extra headers', checkbox('clearHeaders', false)),
       field('Verify TLS certificates', checkbox('tlsVerify', c.tlsVerify ?? true))),
     h('div', { class: 'actions' },
       h('button', { type: 'submit', class: 'btn btn-primary' }, creating ? 'Create destination' : 'Save changes'),
