@@ -103,7 +103,7 @@ impl Event {
     async fn level(&self) -> Level {
         Level::from_stored(&self.0.level)
     }
-    /// Counts 50 toward a query's cost: payloads are the largest values a query returns.
+    /// Counts 100 toward a query's cost: payloads are the largest values a query returns.
     #[graphql(complexity = "super::limits::PAYLOAD_COST")]
     async fn payload(&self) -> Json<serde_json::Value> {
         Json(serde_json::from_str(&self.0.payload).unwrap_or(serde_json::Value::Null))
@@ -281,7 +281,7 @@ impl Delivery {
             .map_err(load_err)?;
         Ok(d.map(Destination))
     }
-    /// Oldest first: the first `first` attempts (default 25, at most the page size, 100);
+    /// Oldest first: the first `first` attempts (default 10, at most the page size, 100);
     /// `attemptCount` says how many there are.
     #[graphql(
         complexity = "super::limits::rows_cost(first, super::limits::DEFAULT_ATTEMPTS, \

@@ -34,11 +34,11 @@ pub const DEFAULT_PAGE: usize = 20;
 const PAGE_LIMIT: usize = 100;
 
 /// `Delivery.attempts` returns at most this many attempts when `first` is not given.
-pub const DEFAULT_ATTEMPTS: usize = 25;
+pub const DEFAULT_ATTEMPTS: usize = 10;
 
 /// What `Event.payload` counts toward a query's cost: payloads (up to 256 KiB) are by far the
-/// largest values a query returns, so a request holds at most `max cost / 50` of them.
-pub const PAYLOAD_COST: usize = 50;
+/// largest values a query returns, so a request holds at most `max cost / 100` of them.
+pub const PAYLOAD_COST: usize = 100;
 
 /// Levels an introspection subtree may reach (the standard query needs 14).
 pub const INTROSPECTION_MAX_DEPTH: usize = 32;

@@ -216,22 +216,22 @@ async fn query_cost_counts_the_rows_pages_can_return() {
         "{ events(first: 10) { nodes { deliveries(first: 10) { nodes { destination { \
          deliveries(first: 10) { nodes { event { deliveries(first: 10) { nodes { id } } } } } } } } } } }",
         // Attempts count as a page too.
-        "{ deliveries(first: 10) { nodes { attempts(first: 10) { delivery { event { \
-         deliveries(first: 10) { nodes { attempts(first: 10) { id } } } } } } } } }",
+        "{ deliveries(first: 12) { nodes { attempts(first: 12) { delivery { event { \
+         deliveries(first: 12) { nodes { attempts(first: 12) { id } } } } } } } } }",
     ];
     for q in four_deep {
         let (code, e) = s.err_code(Some(&t), q, json!({})).await;
         assert_eq!(code, "GRAPHQL_VALIDATION_FAILED", "{e:#}");
         let cost = e["extensions"]["cost"].as_u64().unwrap();
-        assert!(cost > 10_000, "{e:#}");
-        assert_eq!(e["extensions"]["maxCost"], 10_000, "{e:#}");
+        assert!(cost > 20_000, "{e:#}");
+        assert_eq!(e["extensions"]["maxCost"], 20_000, "{e:#}");
         let msg = e["message"].as_str().unwrap();
         assert!(
-            msg.contains(&format!("Query costs {cost}")) && msg.contains("limit of 10000"),
+            msg.contains(&format!("Query costs {cost}")) && msg.contains("limit of 20000"),
             "{msg}"
         );
     }
-    // Two 100-row pages nested are 10 000 rows: refused too.
+    // Two 100-row pages nested are 10 000 rows of two values: refused too.
     let wide = "{ destinations(first: 100) { nodes { deliveries(first: 100) { nodes { id } } } } }";
     let (code, _) = s.err_code(Some(&t), wide, json!({})).await;
     assert_eq!(code, "GRAPHQL_VALIDATION_FAILED");
@@ -247,7 +247,7 @@ async fn query_cost_counts_the_rows_pages_can_return() {
             .len(),
         1
     );
-    // Payloads weigh 50 each: 100 events with payloads fit, 200 (two pages) do not.
+    // Payloads weigh 100 each: 100 events with payloads fit, 200 (two pages) do not.
     let p = "{ events(first: 100) { nodes { id payload } } }";
     s.ok(&t, p, json!({})).await;
     let two = "{ a: events(first: 100) { nodes { payload } } b: events(first: 100) { nodes { payload } } }";
