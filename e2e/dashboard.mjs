@@ -351,6 +351,25 @@ try {
   log('GraphiQL query ran');
   await shot(page, 'graphiql');
 
+  // The schema GraphiQL fetched by introspection: the documentation explorer lists the root
+  // types' fields, and the editor completes field names from it.
+  check(!(await page.getByText('Error fetching schema').count()), 'GraphiQL fetched the schema');
+  await page.locator('[aria-label="Show Documentation Explorer"]').click();
+  const docs = page.locator('.graphiql-doc-explorer');
+  await docs.getByRole('link', { name: 'Query', exact: true }).click();
+  await docs.locator('.graphiql-doc-explorer-field-name', { hasText: /^destinations$/ }).waitFor();
+  await page.locator('.graphiql-doc-explorer-back').click();
+  await docs.getByRole('link', { name: 'Subscription', exact: true }).click();
+  await docs.locator('.graphiql-doc-explorer-field-name', { hasText: /^deliveryAttempts$/ }).waitFor();
+  log('the documentation explorer shows Query.destinations and Subscription.deliveryAttempts');
+  await page.locator('.graphiql-query-editor .CodeMirror').click();
+  await page.keyboard.press('Control+A');
+  await page.keyboard.press('Delete');
+  await page.keyboard.type('{ dest', { delay: 30 });
+  await page.locator('.CodeMirror-hints li', { hasText: /^destinations$/ }).waitFor();
+  log(`autocompletion offers: ${(await page.locator('.CodeMirror-hints li').allInnerTexts()).join(', ')}`);
+  await page.keyboard.press('Escape');
+
   // ---- guards --------------------------------------------------------------------------------
   check(offsite.length === 0, `requests left the server: ${offsite.join(', ')}`);
   check(!requested.some((u) => u.includes(token)), 'the token appeared in a URL');

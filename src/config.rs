@@ -212,7 +212,7 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024,
             max_page_size: 100,
             max_query_depth: 12,
-            max_query_complexity: 2_000,
+            max_query_complexity: 20_000,
             publish_rate_per_tenant: 20_000.0,
             max_destinations_per_tenant: 10_000,
             max_ws_connections: 1_000,

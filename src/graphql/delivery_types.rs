@@ -7,11 +7,12 @@ use std::sync::Arc;
 use entity::{delivery, delivery_attempt, destination, event};
 
 use super::connection::{self, Conn, CountQuery};
-use super::loaders::{Loaders, StatsKey};
+use super::loaders::{AttemptsKey, DeliveriesKey, Loaders, Parent, StatsKey};
 use super::types::{Destination, Level};
 use super::{principal, state};
 use crate::error::AppError;
 use crate::service::deliveries::{self, DeliveryFilter};
+use crate::service::page::page_of;
 use crate::service::stats::Totals;
 
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
@@ -136,7 +137,9 @@ impl Event {
     async fn level(&self) -> Option<Level> {
         self.shown().map(|e| Level::from_stored(&e.level))
     }
-    /// Null only in a `publishEvent` replay answered to a caller without `read`.
+    /// Null only in a `publishEvent` replay answered to a caller without `read`. Counts 100
+    /// toward a query's cost: payloads are the largest values a query returns.
+    #[graphql(complexity = "super::limits::PAYLOAD_COST")]
     async fn payload(&self) -> Option<Json<serde_json::Value>> {
         self.shown()
             .map(|e| Json(serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null)))
@@ -154,18 +157,65 @@ impl Event {
         self.replayed
     }
     /// This event's deliveries, one per destination it reached.
+    #[graphql(complexity = "super::limits::page_cost(first, None, child_complexity)")]
     async fn deliveries(
         &self,
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<Conn<Delivery>> {
-        let filter = DeliveryFilter {
-            event_id: Some(self.row.id),
-            ..Default::default()
-        };
-        delivery_connection(ctx, filter, first, after, None, None).await
+        parent_deliveries(ctx, Parent::Event(self.row.id), None, first, after).await
     }
+}
+
+/// `Destination.deliveries` and `Event.deliveries`: the page comes from a DataLoader, so a
+/// page of parents costs one statement for all their pages, not one per parent.
+pub async fn parent_deliveries(
+    ctx: &Context<'_>,
+    parent: Parent,
+    status: Option<Vec<DeliveryStatus>>,
+    first: Option<i32>,
+    after: Option<String>,
+) -> Result<Conn<Delivery>> {
+    let p = principal(ctx)?;
+    p.require(crate::auth::Scope::Read)?;
+    let st = state(ctx)?;
+    let req = connection::page_request(first, after, None, None)?;
+    let (n, backward) = req.size(st.config.limits.max_page_size)?;
+    let status = status.map(|v| {
+        let mut s: Vec<String> = v.into_iter().map(|s| s.as_str().to_string()).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    });
+    let key = DeliveriesKey {
+        tenant: p.tenant.clone(),
+        parent,
+        status: status.clone(),
+        page: (req.first, req.after),
+    };
+    let rows = loaders(ctx)?
+        .deliveries_of
+        .load_one(key)
+        .await
+        .map_err(load_err)?
+        .unwrap_or_default();
+    let (destination_id, event_id) = match parent {
+        Parent::Destination(id) => (Some(id), None),
+        Parent::Event(id) => (None, Some(id)),
+    };
+    let filter = DeliveryFilter {
+        destination_id,
+        event_id,
+        status,
+        ..Default::default()
+    };
+    Ok(connection::build(
+        page_of(rows, n, backward, &req),
+        CountQuery::Deliveries(deliveries::filtered(p, &filter)),
+        |m| m.id,
+        Delivery::from,
+    ))
 }
 
 pub async fn delivery_connection(
@@ -273,12 +323,36 @@ impl Delivery {
             .map_err(load_err)?;
         Ok(d.map(Destination))
     }
-    /// Oldest first.
-    async fn attempts(&self, ctx: &Context<'_>) -> Result<Vec<DeliveryAttempt>> {
+    /// Oldest first: the first `first` attempts (default 10, at most the page size, 100);
+    /// `attemptCount` says how many there are.
+    #[graphql(
+        complexity = "super::limits::rows_cost(first, super::limits::DEFAULT_ATTEMPTS, \
+                            child_complexity)"
+    )]
+    async fn attempts(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+    ) -> Result<Vec<DeliveryAttempt>> {
         principal(ctx)?;
+        let max = state(ctx)?.config.limits.max_page_size;
+        let first = match first {
+            None => super::limits::DEFAULT_ATTEMPTS as i32,
+            Some(n) if n >= 0 && n as u64 <= max => n,
+            Some(n) => {
+                return Err(AppError::bad_input(
+                    "first",
+                    format!("must be between 0 and {max}, got {n}"),
+                )
+                .into());
+            }
+        };
         let a = loaders(ctx)?
             .attempts
-            .load_one(self.0.id)
+            .load_one(AttemptsKey {
+                delivery_id: self.0.id,
+                first,
+            })
             .await
             .map_err(load_err)?;
         Ok(a.unwrap_or_default()

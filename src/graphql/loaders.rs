@@ -16,6 +16,7 @@ use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
 
 use crate::db::Db;
+use crate::service::page::{Direction, PageRequest, page_query};
 use crate::service::stats::{self, DestinationStats};
 
 type LoadResult<V> = Result<HashMap<Uuid, V>, Arc<DbErr>>;
@@ -27,11 +28,19 @@ pub struct Loaders {
     pub deliveries: DataLoader<ById<delivery::Entity>>,
     pub attempts: DataLoader<AttemptsByDelivery>,
     pub stats: DataLoader<StatsLoader>,
+    pub deliveries_of: DataLoader<DeliveriesOf>,
 }
 
 impl Loaders {
-    pub fn new(db: Db) -> Self {
+    pub fn new(db: Db, max_page: u64) -> Self {
         Self {
+            deliveries_of: DataLoader::new(
+                DeliveriesOf {
+                    db: db.clone(),
+                    max_page,
+                },
+                spawn_batch,
+            ),
             subscriptions: DataLoader::new(SubscriptionsByDestination(db.clone()), spawn_batch),
             events: DataLoader::new(ById::new(db.clone()), spawn_batch),
             destinations: DataLoader::new(ById::new(db.clone()), spawn_batch),
@@ -251,20 +260,149 @@ impl Loader<Uuid> for SubscriptionsByDestination {
     }
 }
 
+/// `Delivery.attempts(first)`: the first `first` attempts of a delivery, oldest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AttemptsKey {
+    pub delivery_id: Uuid,
+    pub first: i32,
+}
+
 pub struct AttemptsByDelivery(Db);
 
-impl Loader<Uuid> for AttemptsByDelivery {
+impl Loader<AttemptsKey> for AttemptsByDelivery {
     type Value = Vec<delivery_attempt::Model>;
     type Error = Arc<DbErr>;
 
-    async fn load(&self, keys: &[Uuid]) -> LoadResult<Self::Value> {
-        let rows = delivery_attempt::Entity::find()
-            .filter(delivery_attempt::Column::DeliveryId.is_in(keys.iter().copied()))
-            .order_by_asc(delivery_attempt::Column::AttemptNumber)
-            .all(&self.0.read)
-            .await
-            .map_err(Arc::new)?;
-        Ok(group(rows, |r| r.delivery_id))
+    async fn load(
+        &self,
+        keys: &[AttemptsKey],
+    ) -> Result<HashMap<AttemptsKey, Self::Value>, Self::Error> {
+        let mut by_first: HashMap<i32, Vec<Uuid>> = HashMap::new();
+        for k in keys {
+            by_first.entry(k.first).or_default().push(k.delivery_id);
+        }
+        let mut out = HashMap::with_capacity(keys.len());
+        for (first, ids) in by_first {
+            // Attempts are numbered 1, 2, … per delivery, so the first `first` are those
+            // numbered up to it: the index (delivery_id, attempt_number) reads only them.
+            let rows = delivery_attempt::Entity::find()
+                .filter(delivery_attempt::Column::DeliveryId.is_in(ids))
+                .filter(delivery_attempt::Column::AttemptNumber.lte(first))
+                .order_by_asc(delivery_attempt::Column::AttemptNumber)
+                .all(&self.0.read)
+                .await
+                .map_err(Arc::new)?;
+            for (delivery_id, mut v) in group(rows, |r| r.delivery_id) {
+                v.truncate(usize::try_from(first).unwrap_or(0));
+                out.insert(AttemptsKey { delivery_id, first }, v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Whose deliveries a nested connection lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Parent {
+    Destination(Uuid),
+    Event(Uuid),
+}
+
+/// One page of `Destination.deliveries` or `Event.deliveries`, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DeliveriesKey {
+    pub tenant: String,
+    pub parent: Parent,
+    pub status: Option<Vec<String>>,
+    pub page: (Option<i32>, Option<Uuid>),
+}
+
+impl DeliveriesKey {
+    pub fn page_request(&self) -> PageRequest {
+        PageRequest {
+            first: self.page.0,
+            after: self.page.1,
+            ..Default::default()
+        }
+    }
+
+    fn select(&self) -> sea_orm::Select<delivery::Entity> {
+        let q = delivery::Entity::find().filter(delivery::Column::TenantId.eq(&self.tenant));
+        let q = match self.parent {
+            Parent::Destination(id) => q.filter(delivery::Column::DestinationId.eq(id)),
+            Parent::Event(id) => q.filter(delivery::Column::EventId.eq(id)),
+        };
+        match &self.status {
+            Some(s) => q.filter(delivery::Column::Status.is_in(s.iter().cloned())),
+            None => q,
+        }
+    }
+}
+
+/// Pages of deliveries for many parents in one statement: each parent's page is its own
+/// `ORDER BY id DESC LIMIT n + 1` (an index range scan, however many deliveries the parent
+/// has), and the pages are joined with `UNION ALL`, each row tagged with its page.
+pub struct DeliveriesOf {
+    db: Db,
+    max_page: u64,
+}
+
+/// Pages per statement (SQLite allows 500 members in a compound SELECT).
+const PAGES_PER_STATEMENT: usize = 100;
+
+impl Loader<DeliveriesKey> for DeliveriesOf {
+    /// The rows of the page's statement: one more than the page when another follows.
+    type Value = Vec<delivery::Model>;
+    type Error = Arc<DbErr>;
+
+    async fn load(
+        &self,
+        keys: &[DeliveriesKey],
+    ) -> Result<HashMap<DeliveriesKey, Self::Value>, Self::Error> {
+        use sea_orm::sea_query::{Alias, Asterisk, Expr, Query, UnionType};
+        use sea_orm::{ConnectionTrait, FromQueryResult, QueryTrait};
+        let mut out = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(PAGES_PER_STATEMENT) {
+            let mut union: Option<sea_orm::sea_query::SelectStatement> = None;
+            for (i, k) in chunk.iter().enumerate() {
+                let (q, _, _) = page_query(
+                    k.select(),
+                    delivery::Column::Id,
+                    Direction::NewestFirst,
+                    &k.page_request(),
+                    self.max_page,
+                )
+                .map_err(|e| Arc::new(DbErr::Custom(e.detail())))?;
+                let mut page = q.into_query();
+                page.expr_as(Expr::val(i as i64), Alias::new("page"));
+                let page = Query::select()
+                    .column(Asterisk)
+                    .from_subquery(page, Alias::new(format!("p{i}")))
+                    .to_owned();
+                match union.as_mut() {
+                    None => union = Some(page),
+                    Some(u) => {
+                        u.union(UnionType::All, page);
+                    }
+                }
+            }
+            let Some(union) = union else { continue };
+            let rows = self.db.read.query_all(&union).await.map_err(Arc::new)?;
+            let mut pages: Vec<Vec<delivery::Model>> = vec![Vec::new(); chunk.len()];
+            for row in rows {
+                let page: i64 = row.try_get("", "page").map_err(Arc::new)?;
+                let m = delivery::Model::from_query_result(&row, "").map_err(Arc::new)?;
+                if let Some(p) = usize::try_from(page).ok().and_then(|p| pages.get_mut(p)) {
+                    p.push(m);
+                }
+            }
+            for (k, mut rows) in chunk.iter().zip(pages) {
+                // A UNION keeps no order across its members' rows.
+                rows.sort_unstable_by_key(|d| std::cmp::Reverse(d.id));
+                out.insert(k.clone(), rows);
+            }
+        }
+        Ok(out)
     }
 }
 

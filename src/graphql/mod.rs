@@ -3,7 +3,9 @@
 
 mod connection;
 mod delivery_types;
+mod error_codes;
 mod inputs;
+pub mod limits;
 mod loaders;
 mod mutation;
 mod query;
@@ -71,12 +73,19 @@ impl Drop for BudgetGuard {
 pub fn build_schema(state: AppState) -> AppSchema {
     let limits = state.config.limits.clone();
     Schema::build(Query, Mutation, Subscription)
-        .data(loaders::Loaders::new(state.db.clone()))
+        .data(loaders::Loaders::new(
+            state.db.clone(),
+            limits.max_page_size,
+        ))
         .extension(loaders::HoldBatches)
         .extension(RulesChanged(state.hub.clone()))
         .data(state)
-        .limit_depth(limits.max_query_depth)
-        .limit_complexity(limits.max_query_complexity)
+        // Depth and cost are enforced by this extension rather than by `limit_depth` and
+        // `limit_complexity`, which would count introspection as user data (see `limits`).
+        .extension(limits::QueryLimits {
+            max_depth: limits.max_query_depth,
+            max_cost: limits.max_query_complexity,
+        })
         .limit_recursive_depth(32)
         .limit_directives(16)
         .finish()
@@ -148,8 +157,11 @@ impl async_graphql::extensions::Extension for RulesChangedRequest {
 }
 
 /// The SDL of the schema, as `hookline print-schema` prints it and `schema.graphql` holds it.
+/// `@specifiedBy` is included so the file says what introspection says (`DateTime` is RFC 3339).
 pub fn sdl() -> String {
-    Schema::build(Query, Mutation, Subscription).finish().sdl()
+    Schema::build(Query, Mutation, Subscription)
+        .finish()
+        .sdl_with_options(async_graphql::SDLExportOptions::new().include_specified_by())
 }
 
 pub(crate) fn state<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a AppState> {

@@ -39,6 +39,7 @@ impl Query {
     }
 
     /// Oldest first. Page size at most 100.
+    #[graphql(complexity = "super::limits::page_cost(first, last, child_complexity)")]
     async fn destinations(
         &self,
         ctx: &Context<'_>,
@@ -96,6 +97,7 @@ impl Query {
     }
 
     /// Newest first.
+    #[graphql(complexity = "super::limits::page_cost(first, last, child_complexity)")]
     async fn events(
         &self,
         ctx: &Context<'_>,
@@ -136,6 +138,7 @@ impl Query {
     }
 
     /// Newest first.
+    #[graphql(complexity = "super::limits::page_cost(first, last, child_complexity)")]
     async fn deliveries(
         &self,
         ctx: &Context<'_>,

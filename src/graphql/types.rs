@@ -234,6 +234,7 @@ impl Destination {
         .await
     }
     /// This destination's deliveries, newest first.
+    #[graphql(complexity = "super::limits::page_cost(first, None, child_complexity)")]
     async fn deliveries(
         &self,
         ctx: &Context<'_>,
@@ -241,12 +242,14 @@ impl Destination {
         after: Option<String>,
         status: Option<Vec<super::delivery_types::DeliveryStatus>>,
     ) -> Result<super::connection::Conn<super::delivery_types::Delivery>> {
-        let filter = crate::service::deliveries::DeliveryFilter {
-            destination_id: Some(self.0.id),
-            status: status.map(|v| v.into_iter().map(|s| s.as_str().to_string()).collect()),
-            ..Default::default()
-        };
-        super::delivery_types::delivery_connection(ctx, filter, first, after, None, None).await
+        super::delivery_types::parent_deliveries(
+            ctx,
+            super::loaders::Parent::Destination(self.0.id),
+            status,
+            first,
+            after,
+        )
+        .await
     }
     async fn version(&self) -> i32 {
         self.0.version

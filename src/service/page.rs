@@ -32,8 +32,9 @@ pub enum Direction {
 }
 
 impl PageRequest {
-    /// The page size, validated against the configured maximum.
-    fn size(&self, max: u64) -> AppResult<(u64, bool)> {
+    /// The page size, validated against the configured maximum, and whether the page is
+    /// read backwards.
+    pub fn size(&self, max: u64) -> AppResult<(u64, bool)> {
         if self.first.is_some() && self.last.is_some() {
             return Err(AppError::bad_input(
                 "last",
@@ -70,22 +71,27 @@ where
     C: ConnectionTrait,
 {
     let (q, n, backward) = page_query(select, id, direction, req, max)?;
-    let mut items = q.all(db).await?;
+    Ok(page_of(q.all(db).await?, n, backward, req))
+}
+
+/// The page in the rows [`page_query`]'s statement returned (one more than the page when
+/// another page follows).
+pub fn page_of<T>(mut items: Vec<T>, n: u64, backward: bool, req: &PageRequest) -> Page<T> {
     let more = items.len() as u64 > n;
     items.truncate(n as usize);
     if backward {
         items.reverse();
-        Ok(Page {
+        Page {
             items,
             has_next: req.before.is_some(),
             has_previous: more,
-        })
+        }
     } else {
-        Ok(Page {
+        Page {
             items,
             has_next: more,
             has_previous: req.after.is_some(),
-        })
+        }
     }
 }
 

@@ -502,3 +502,127 @@ both!(validation_publish_refusals, |backend| async move {
         json!({"events": {"totalCount": 0}, "deliveries": {"totalCount": 0}})
     );
 });
+
+/// Errors async-graphql raises itself (syntax, validation, coercion of arguments and
+/// variables) carry `extensions.code` like the resolvers' own, on both transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_has_a_code() {
+    let s = Server::start(crate::harness::Backend::Sqlite).await;
+    let t = token("acme", "read write");
+    let created = "mutation($i: CreateDestinationInput!) { createDestination(input: $i) { id } }";
+    let cases: Vec<(&str, &str, Value, &str, Option<&str>)> = vec![
+        (
+            "syntax",
+            "{ events(",
+            json!({}),
+            "GRAPHQL_PARSE_FAILED",
+            None,
+        ),
+        (
+            "unknown field",
+            "{ nope }",
+            json!({}),
+            "GRAPHQL_VALIDATION_FAILED",
+            None,
+        ),
+        (
+            "unknown argument",
+            "{ events(nope: 1) { totalCount } }",
+            json!({}),
+            "GRAPHQL_VALIDATION_FAILED",
+            None,
+        ),
+        (
+            "operation name missing",
+            "query A { viewer { tenant } } query B { viewer { tenant } }",
+            json!({}),
+            "GRAPHQL_VALIDATION_FAILED",
+            None,
+        ),
+        (
+            "Int out of range",
+            "{ events(first: 99999999999) { totalCount } }",
+            json!({}),
+            "BAD_USER_INPUT",
+            None,
+        ),
+        (
+            "Int variable out of range",
+            "query($n: Int) { events(first: $n) { totalCount } }",
+            json!({"n": 99_999_999_999_i64}),
+            "BAD_USER_INPUT",
+            None,
+        ),
+        (
+            "Int out of range in an input",
+            created,
+            json!({"i": {"name": "x", "url": "http://127.0.0.1:9/h", "timeoutMs": 99_999_999_999_i64}}),
+            "BAD_USER_INPUT",
+            None,
+        ),
+        (
+            "bad enum value",
+            "{ deliveries(filter: {status: [NOPE]}) { totalCount } }",
+            json!({}),
+            "BAD_USER_INPUT",
+            Some("filter"),
+        ),
+        (
+            "bad enum variable",
+            "query($s: [DeliveryStatus!]) { deliveries(filter: {status: $s}) { totalCount } }",
+            json!({"s": ["NOPE"]}),
+            "BAD_USER_INPUT",
+            Some("filter"),
+        ),
+        (
+            "unknown input field",
+            created,
+            json!({"i": {"name": "x", "url": "http://127.0.0.1:9/h", "bogus": 1}}),
+            "BAD_USER_INPUT",
+            Some("bogus"),
+        ),
+        (
+            "wrong type in an input",
+            created,
+            json!({"i": {"name": "x", "url": "http://127.0.0.1:9/h", "batchSize": "many"}}),
+            "BAD_USER_INPUT",
+            Some("batchSize"),
+        ),
+    ];
+    let mut ws = crate::ws::WsClient::connect(s.addr, crate::ws::Proto::Transport, &t).await;
+    for (i, (what, q, vars, code, field)) in cases.into_iter().enumerate() {
+        let r = s.gql(Some(&t), q, vars.clone()).await;
+        let errors = r["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: {r:#}"));
+        for e in errors {
+            assert_eq!(e["extensions"]["code"], code, "{what}: {r:#}");
+            if let Some(f) = field {
+                assert_eq!(e["extensions"]["field"], f, "{what}: {r:#}");
+            }
+        }
+        // The same over the WebSocket.
+        let id = format!("q{i}");
+        ws.subscribe(&id, q, vars).await;
+        let payload = loop {
+            match ws.recv(std::time::Duration::from_secs(5)).await {
+                Some(crate::ws::Incoming::Error { payload, .. }) => break payload,
+                Some(crate::ws::Incoming::Next { payload, .. })
+                    if payload.get("errors").is_some() =>
+                {
+                    break payload["errors"].clone();
+                }
+                None => panic!("{what}: no error over the WebSocket"),
+                _ => continue,
+            }
+        };
+        for e in payload
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: {payload:#}"))
+        {
+            assert_eq!(e["extensions"]["code"], code, "{what} (ws): {payload:#}");
+        }
+    }
+    // Nothing was created by the refused inputs.
+    assert_eq!(count(&s, &t).await, 0);
+}

@@ -119,12 +119,17 @@ async fn http_body_depth_page_and_batch_limits() {
     let deep = "{ deliveries(first: 1) { nodes { destination { deliveries(first: 1) { nodes { \
                 event { deliveries(first: 1) { nodes { destination { deliveries(first: 1) { \
                 nodes { event { deliveries(first: 1) { nodes { id } } } } } } } } } } } } } } }";
-    let r = s.gql(Some(&t), deep, json!({})).await;
-    let msg = r["errors"][0]["message"]
-        .as_str()
-        .unwrap_or("")
-        .to_lowercase();
-    assert!(msg.contains("nested too deep"), "{r:#}");
+    let (code, e) = s.err_code(Some(&t), deep, json!({})).await;
+    assert_eq!(code, "GRAPHQL_VALIDATION_FAILED", "{e:#}");
+    let msg = e["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("nested too deep: 15 levels of fields, the limit is 12"),
+        "{e:#}"
+    );
+    assert_eq!(
+        (&e["extensions"]["depth"], &e["extensions"]["maxDepth"]),
+        (&json!(15), &json!(12))
+    );
     // Page size.
     let (code, e) = s
         .err_code(Some(&t), "{ events(first: 101) { totalCount } }", json!({}))
@@ -190,4 +195,119 @@ async fn websocket_connections_and_subscriptions_are_bounded() {
             .contains("at most 2 subscriptions per connection"),
         "{refused:#}"
     );
+}
+
+/// A `read` token's request is bounded by its cost, which counts every row it can return:
+/// connections four deep are refused naming the cost and the limit, before any statement
+/// runs, while the pages the dashboard asks for pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_cost_counts_the_rows_pages_can_return() {
+    let s = Server::start(Backend::Sqlite).await;
+    let admin = token("cost", "admin");
+    let receiver = Receiver::start().await;
+    let dest = create_destination(&s, &admin, json!({"url": receiver.url()})).await;
+    publish(&s, &admin, "cost.e", json!({})).await;
+    let t = token("cost", "read");
+    let four_deep = [
+        // Defaults: 20 rows a page.
+        "{ destinations { nodes { deliveries { nodes { event { deliveries { nodes { \
+         destination { deliveries { nodes { id } } } } } } } } } } }",
+        // Small pages still multiply: 10 × 10 × 10 × 10.
+        "{ events(first: 10) { nodes { deliveries(first: 10) { nodes { destination { \
+         deliveries(first: 10) { nodes { event { deliveries(first: 10) { nodes { id } } } } } } } } } } }",
+        // Attempts count as a page too.
+        "{ deliveries(first: 12) { nodes { attempts(first: 12) { delivery { event { \
+         deliveries(first: 12) { nodes { attempts(first: 12) { id } } } } } } } } }",
+    ];
+    for q in four_deep {
+        let (code, e) = s.err_code(Some(&t), q, json!({})).await;
+        assert_eq!(code, "GRAPHQL_VALIDATION_FAILED", "{e:#}");
+        let cost = e["extensions"]["cost"].as_u64().unwrap();
+        assert!(cost > 20_000, "{e:#}");
+        assert_eq!(e["extensions"]["maxCost"], 20_000, "{e:#}");
+        let msg = e["message"].as_str().unwrap();
+        assert!(
+            msg.contains(&format!("Query costs {cost}")) && msg.contains("limit of 20000"),
+            "{msg}"
+        );
+    }
+    // Two 100-row pages nested are 10 000 rows of two values: refused too.
+    let wide = "{ destinations(first: 100) { nodes { deliveries(first: 100) { nodes { id } } } } }";
+    let (code, _) = s.err_code(Some(&t), wide, json!({})).await;
+    assert_eq!(code, "GRAPHQL_VALIDATION_FAILED");
+    // Variables count like literals.
+    let q = "query($n: Int) { destinations(first: $n) { nodes { deliveries(first: $n) { nodes { id } } } } }";
+    let (code, e) = s.err_code(Some(&t), q, json!({"n": 100})).await;
+    assert_eq!(code, "GRAPHQL_VALIDATION_FAILED", "{e:#}");
+    let ok = s.ok(&t, q, json!({"n": 10})).await;
+    assert_eq!(
+        ok["destinations"]["nodes"][0]["deliveries"]["nodes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Payloads weigh 100 each: 100 events with payloads fit, 200 (two pages) do not.
+    let p = "{ events(first: 100) { nodes { id payload } } }";
+    s.ok(&t, p, json!({})).await;
+    let two = "{ a: events(first: 100) { nodes { payload } } b: events(first: 100) { nodes { payload } } }";
+    assert_eq!(
+        s.err_code(Some(&t), two, json!({})).await.0,
+        "GRAPHQL_VALIDATION_FAILED"
+    );
+    // The dashboard's destination page: 25 deliveries with their attempts, stats and charts.
+    let page = include_str!("../../ui/js/pages/destination.js");
+    let start = page.find("query Destination(").unwrap();
+    let end = start + page[start..].find("}`;").unwrap() + 1;
+    let since = chrono::Utc::now() - chrono::TimeDelta::hours(1);
+    let r = s
+        .ok(
+            &t,
+            &page[start..end],
+            json!({"id": dest, "since": since.to_rfc3339(), "statsSince": since.to_rfc3339(),
+                   "bucket": "MINUTE", "first": 25}),
+        )
+        .await;
+    assert_eq!(r["destination"]["id"], dest);
+}
+
+/// The introspection query standard tools send is answered in full, but introspection's
+/// lists cannot be nested to multiply its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_has_its_own_bounds() {
+    let s = Server::start(Backend::Sqlite).await;
+    let t = token("intro", "read");
+    // `ofType` nested far past the user depth limit (12): one row per level, answered.
+    let mut of_type = "name".to_string();
+    for _ in 0..14 {
+        of_type = format!("kind name ofType {{ {of_type} }}");
+    }
+    let q = format!("{{ __schema {{ types {{ fields {{ type {{ {of_type} }} }} }} }} }}");
+    let r = s.ok(&t, &q, json!({})).await;
+    assert!(r["__schema"]["types"].as_array().unwrap().len() > 20);
+    // Lists three deep multiply: refused, as graphql-js' MaxIntrospectionDepthRule does.
+    let q = "{ __schema { types { fields { type { fields { type { fields { name } } } } } } } }";
+    let (code, e) = s.err_code(Some(&t), q, json!({})).await;
+    assert_eq!(code, "GRAPHQL_VALIDATION_FAILED", "{e:#}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("Maximum introspection depth exceeded"),
+        "{e:#}"
+    );
+    // Hidden behind fragments, the same.
+    let q = "{ __type(name: \"Query\") { ...A } } fragment A on __Type { fields { type { ...B } } } \
+             fragment B on __Type { interfaces { possibleTypes { name } } }";
+    assert_eq!(
+        s.err_code(Some(&t), q, json!({})).await.0,
+        "GRAPHQL_VALIDATION_FAILED"
+    );
+    // User data next to introspection keeps its own depth limit.
+    let deep = "{ __typename deliveries(first: 1) { nodes { destination { deliveries(first: 1) { nodes { \
+                event { deliveries(first: 1) { nodes { destination { deliveries(first: 1) { \
+                nodes { event { deliveries(first: 1) { nodes { id } } } } } } } } } } } } } } }";
+    let (code, e) = s.err_code(Some(&t), deep, json!({})).await;
+    assert_eq!(code, "GRAPHQL_VALIDATION_FAILED", "{e:#}");
+    assert_eq!(e["extensions"]["maxDepth"], 12, "{e:#}");
 }

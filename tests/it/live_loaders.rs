@@ -41,6 +41,20 @@ const DESTS: &str = "query($n: Int!) { destinations(first: $n) { edges { node {
   stats { totalAttempts successRate pendingDeliveries }
 } } } }";
 
+/// Destinations with their own pages of deliveries.
+const DEST_DELIVERIES: &str = "query($n: Int!) {
+  destinations(first: $n) { edges { node { id name
+    deliveries(first: 3) { edges { cursor node { id destinationId } } pageInfo { hasNextPage } }
+  } } }
+}";
+
+/// Events with their own pages of deliveries.
+const EVENT_DELIVERIES: &str = "query($n: Int!) {
+  events(first: $n) { edges { node { id
+    deliveries { edges { node { id eventId } } }
+  } } }
+}";
+
 both!(
     a_page_of_deliveries_costs_constant_statements,
     |backend| async move {
@@ -191,6 +205,48 @@ both!(
             // The page, the subscriptions, and the statistics (the destinations, their
             // rollups, their pending counts: queued and parked, one statement per index).
             assert_eq!(sql.len(), 6, "{n} destinations: {sql:#?}");
+        }
+
+        // Each destination's and each event's own page of deliveries: one statement for all
+        // the parents' pages (a UNION ALL of per-parent pages), whatever their number.
+        for n in [12, 5, 1] {
+            let (d, sql) = statements(DEST_DELIVERIES, n).await;
+            let dests = d["destinations"]["edges"].as_array().unwrap().clone();
+            assert_eq!(dests.len(), n);
+            for e in &dests {
+                let node = &e["node"];
+                let page = &node["deliveries"];
+                let rows = page["edges"].as_array().unwrap();
+                let (want, more) = match node["name"].as_str().unwrap() {
+                    "a" | "b" => (3, true),
+                    _ => (0, false),
+                };
+                assert_eq!(rows.len(), want, "{node}");
+                assert_eq!(page["pageInfo"]["hasNextPage"], more, "{node}");
+                for r in rows {
+                    assert_eq!(r["node"]["destinationId"], node["id"], "{node}");
+                }
+                // Newest first, as the top-level listing.
+                let ids: Vec<&str> = rows.iter().map(|r| r["cursor"].as_str().unwrap()).collect();
+                let mut sorted = ids.clone();
+                sorted.sort_unstable_by(|a, b| b.cmp(a));
+                assert_eq!(ids, sorted, "{node}");
+            }
+            // The page of destinations, then one statement for all their pages.
+            assert_eq!(sql.len(), 2, "{n} destinations: {sql:#?}");
+            let (d, sql) = statements(EVENT_DELIVERIES, n).await;
+            let events = d["events"]["edges"].as_array().unwrap().clone();
+            assert_eq!(events.len(), n);
+            for e in &events {
+                let node = &e["node"];
+                let rows = node["deliveries"]["edges"].as_array().unwrap();
+                assert_eq!(rows.len(), 2, "{node}");
+                for r in rows {
+                    assert_eq!(r["node"]["eventId"], node["id"], "{node}");
+                }
+            }
+            // The page of events, then one statement for all their pages.
+            assert_eq!(sql.len(), 2, "{n} events: {sql:#?}");
         }
     }
 );
