@@ -18,6 +18,7 @@ mod live_backpressure;
 mod live_loaders;
 mod live_stats;
 mod live_ws;
+mod notify_split;
 mod ops;
 mod parked;
 mod plans;
