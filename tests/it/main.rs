@@ -13,6 +13,7 @@ mod faults;
 mod fuzz;
 mod harness;
 mod indexes;
+mod keys;
 mod limits;
 mod live_backpressure;
 mod live_loaders;
