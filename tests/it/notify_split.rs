@@ -118,3 +118,80 @@ async fn many_failures_of_one_tenant_are_recorded_once_and_announced_whole() {
     assert_eq!(changed, dests);
     attempts_b.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// PostgreSQL: when every NOTIFY fails (here the server's role may not call `pg_notify`),
+/// attempts are recorded all the same, once, and the failures are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_are_recorded_when_announcements_fail() {
+    if pg_available().is_none() {
+        return;
+    }
+    // The server connects as a role of its own that owns the test's database: no superuser,
+    // so that taking `pg_notify` away from it holds.
+    let db = TestDb::new(Backend::Postgres).await;
+    let name = db
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let role = format!("{name}_r");
+    let cluster = sea_orm::Database::connect(std::env::var("HOOKLINE_TEST_PG_URL").unwrap())
+        .await
+        .unwrap();
+    cluster
+        .execute_unprepared(&format!(
+            "CREATE ROLE {role} LOGIN; ALTER DATABASE {name} OWNER TO {role}"
+        ))
+        .await
+        .unwrap();
+    let admin = sea_orm::Database::connect(&db.url).await.unwrap();
+    let mut url = reqwest::Url::parse(&db.url).unwrap();
+    url.set_username(&role).unwrap();
+    let mut cfg = test_config(&db);
+    cfg.database_url = url.to_string();
+    let s = Server::start_on(db, cfg).await;
+    let tok = token("acme", "read write publish");
+    let rx = Receiver::start().await;
+    // Long enough for the revocation below to land while the request is in flight.
+    rx.set(Behavior {
+        delay: Duration::from_millis(1500),
+        ..Behavior::default()
+    });
+    let dest = create_destination(&s, &tok, json!({"url": rx.url()})).await;
+    publish(&s, &tok, "job.done", json!({"n": 1})).await;
+    admin
+        .execute_unprepared("REVOKE EXECUTE ON FUNCTION pg_notify(text, text) FROM PUBLIC")
+        .await
+        .unwrap();
+    let done = wait_status(&s, &tok, &dest, 1, "SUCCEEDED", WAIT).await;
+    assert_eq!(done[0]["attemptCount"], 1);
+    assert_eq!(done[0]["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(rx.count(), 1);
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hookline_live_notify_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(failures >= 1.0, "{metrics}");
+    admin.close().await.ok();
+    // Dropping the server drops its database; then its role can go.
+    drop(s);
+    cluster
+        .execute_unprepared(&format!("DROP ROLE IF EXISTS {role}"))
+        .await
+        .unwrap();
+    cluster.close().await.ok();
+}
