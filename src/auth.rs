@@ -215,6 +215,16 @@ impl JwtKeys {
             return Ok((Self::from_public_pem(&pem)?, KeySource::PublicKey));
         }
         if let Some(secret) = secret {
+            // HMAC keys shorter than the hash's output make tokens guessable offline
+            // (RFC 7518 §3.2). The development secret generated below is 64 bytes.
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(format!(
+                    "HOOKLINE_JWT_SECRET is {} bytes; HS256 needs at least {MIN_SECRET_BYTES} \
+                     (e.g. `openssl rand -hex 32`), or leave it unset for development to use a \
+                     generated one",
+                    secret.len()
+                ));
+            }
             return Ok((Self::hs256(secret.as_bytes()), KeySource::Configured));
         }
         let path = data_dir.join("jwt-secret");
@@ -244,6 +254,7 @@ impl JwtKeys {
                 use jsonwebtoken::errors::ErrorKind;
                 let why = match e.kind() {
                     ErrorKind::ExpiredSignature => "token expired",
+                    ErrorKind::ImmatureSignature => "token not valid yet (nbf)",
                     ErrorKind::InvalidSignature => "token signature invalid",
                     ErrorKind::InvalidAlgorithm => "token algorithm not accepted",
                     ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim",
@@ -312,12 +323,19 @@ pub enum KeySource {
     Generated(std::path::PathBuf),
 }
 
-/// Seconds a token is still accepted after its `exp` (clock skew between issuer and server).
+/// Seconds a token is still accepted after its `exp`, and already before its `nbf` (clock
+/// skew between issuer and server).
 const LEEWAY_SECS: u64 = 5;
+
+/// The shortest configured HS256 secret accepted: the size of the SHA-256 output.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 fn validation(alg: Algorithm) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = LEEWAY_SECS;
+    // A token verified once is cached and only its `exp` is checked again: one refused for
+    // its `nbf` is never cached, and one accepted stays valid as time moves forward.
+    v.validate_nbf = true;
     v.set_required_spec_claims(&["exp", "sub"]);
     v
 }

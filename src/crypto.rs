@@ -93,7 +93,10 @@ impl Cipher {
             .chain(&self.previous)
             .find(|k| k.id == id)
             .ok_or_else(|| {
-                format!("sealed with key {id}, which is not configured (HOOKLINE_ENCRYPTION_KEY)")
+                format!(
+                    "sealed with key {id}, which this instance lacks (configure it as \
+                     HOOKLINE_ENCRYPTION_KEY, or in HOOKLINE_ENCRYPTION_KEYS_PREVIOUS)"
+                )
             })?;
         let blob = B64.decode(b64).map_err(|_| "malformed sealed value")?;
         if blob.len() < 12 {
@@ -147,6 +150,113 @@ pub fn from_config(
     Ok(Cipher::new(&k, &previous))
 }
 
+/// What a `key_check` row seals (see [`check_keys`]).
+const CHECK_TEXT: &str = "hookline key check";
+
+/// Start-up check that this instance holds every key the database's secrets may be sealed
+/// with. Each key that has been current on this database left a `key_check` row (its id and
+/// a known text sealed with it); this instance must open all of them, or it refuses to start
+/// with a message naming the missing key by its id (never the key). Instances that each
+/// generated their own key would otherwise seal secrets the others cannot open, and leave
+/// those deliveries unsendable. With `register`, the current key then gets its row — once
+/// every secret is sealed under it, so that a failed start leaves no row behind.
+///
+/// PostgreSQL: the table is locked for the check, so instances starting together on an empty
+/// database see each other's rows.
+pub async fn check_keys(
+    db: &sea_orm::DatabaseConnection,
+    cipher: &Cipher,
+    data_dir: &std::path::Path,
+    register: bool,
+) -> Result<(), String> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+    let backend = db.get_database_backend();
+    let fail = |e: sea_orm::DbErr| format!("checking the encryption key: {e}");
+    let txn = db.begin().await.map_err(fail)?;
+    if backend == DbBackend::Postgres {
+        txn.execute_unprepared("LOCK TABLE key_check IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .map_err(fail)?;
+    }
+    let rows = txn
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT key_id, sealed FROM key_check ORDER BY key_id",
+        ))
+        .await
+        .map_err(fail)?;
+    let mut have_current = false;
+    for r in rows {
+        let id: String = r.try_get("", "key_id").map_err(fail)?;
+        let sealed: String = r.try_get("", "sealed").map_err(fail)?;
+        if cipher.open(&sealed).as_deref() != Ok(CHECK_TEXT) {
+            return Err(missing_key(&id, cipher, data_dir));
+        }
+        have_current |= id == cipher.current.id;
+    }
+    if register && !have_current {
+        let (p1, p2) = match backend {
+            DbBackend::Postgres => ("$1", "$2"),
+            _ => ("?", "?"),
+        };
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            format!("INSERT INTO key_check (key_id, sealed) VALUES ({p1}, {p2})"),
+            [
+                cipher.current.id.clone().into(),
+                cipher.seal(CHECK_TEXT).into(),
+            ],
+        ))
+        .await
+        .map_err(fail)?;
+    }
+    txn.commit().await.map_err(fail)
+}
+
+fn missing_key(id: &str, cipher: &Cipher, data_dir: &std::path::Path) -> String {
+    let known = std::iter::once(&cipher.current)
+        .chain(&cipher.previous)
+        .any(|k| k.id == id);
+    let what = if known {
+        format!("encryption key {id}, and this instance's key with that id does not open them")
+    } else {
+        format!("encryption key {id}, which this instance lacks")
+    };
+    format!(
+        "the database holds secrets sealed with {what} (a key id is the first 4 bytes of the \
+         key's SHA-256; this instance's current key is {}). Every instance on one database \
+         needs the same key: set HOOKLINE_ENCRYPTION_KEY to key {id} on every instance (or, \
+         while rotating to a new key, list key {id} in HOOKLINE_ENCRYPTION_KEYS_PREVIOUS). \
+         Without HOOKLINE_ENCRYPTION_KEY an instance generates its own key into its data \
+         directory ({}).",
+        cipher.current.id,
+        data_dir.join("encryption-key").display()
+    )
+}
+
+/// After every secret is sealed under the current key: the `key_check` rows of older keys
+/// go, so that they may be dropped from the configuration.
+pub async fn retire_old_keys(
+    db: &sea_orm::DatabaseConnection,
+    cipher: &Cipher,
+) -> Result<(), String> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let backend = db.get_database_backend();
+    let p = if backend == DbBackend::Postgres {
+        "$1"
+    } else {
+        "?"
+    };
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        format!("DELETE FROM key_check WHERE key_id <> {p}"),
+        [cipher.current.id.clone().into()],
+    ))
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("retiring old encryption keys: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,7 +279,12 @@ mod tests {
         assert!(!c2.needs_reseal(&resealed));
         // Without the old key the value cannot be read, and says why.
         let c3 = Cipher::new(&k2, &[]);
-        assert!(c3.open(&sealed).unwrap_err().contains("not configured"));
+        let why = c3.open(&sealed).unwrap_err();
+        assert!(why.contains(&format!("key {}", c1.key_id())), "{why}");
+        assert!(
+            why.contains("lacks") && why.contains("HOOKLINE_ENCRYPTION_KEY"),
+            "{why}"
+        );
         // Plaintext from before sealing passes through and is marked for sealing.
         assert_eq!(c1.open("plain").unwrap(), "plain");
         assert!(c1.needs_reseal("plain"));

@@ -33,6 +33,10 @@ pub fn init() {
     }
     metrics::describe_counter!("hookline_attempts_total", "Delivery attempts by outcome");
     metrics::describe_counter!("hookline_events_published_total", "Events accepted");
+    metrics::describe_counter!(
+        "hookline_live_notify_failures_total",
+        "Announcements to other instances (PostgreSQL NOTIFY) that failed"
+    );
     metrics::describe_histogram!(
         "hookline_attempt_duration_seconds",
         "Time from sending a webhook to its answer"

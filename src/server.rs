@@ -77,9 +77,20 @@ pub async fn prepare(config: Config) -> anyhow::Result<(AppState, Started)> {
         )
         .map_err(anyhow::Error::msg)?,
     );
+    // Refuse before touching a secret when the database has one this instance cannot open.
+    crate::crypto::check_keys(&db.write, &cipher, &config.data_dir, false)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let resealed = crate::service::destinations::reseal_all(&db.write, &cipher)
         .await
         .map_err(|e| anyhow::anyhow!("re-sealing secrets: {}", e.detail()))?;
+    // Checked again under a lock as the key is registered: instances starting together.
+    crate::crypto::check_keys(&db.write, &cipher, &config.data_dir, true)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    crate::crypto::retire_old_keys(&db.write, &cipher)
+        .await
+        .map_err(anyhow::Error::msg)?;
     if resealed > 0 {
         tracing::info!(
             resealed,

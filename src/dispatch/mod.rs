@@ -71,10 +71,19 @@ impl Engine {
     }
 
     pub fn discard(&self, c: &Claimed, reason: &str) {
+        self.end(c, "DISCARDED", reason);
+    }
+
+    /// Ends the delivery as `FAILED` without an attempt: it cannot be sent by anyone.
+    pub fn fail(&self, c: &Claimed, reason: &str) {
+        self.end(c, "FAILED", reason);
+    }
+
+    fn end(&self, c: &Claimed, status: &'static str, reason: &str) {
         self.forget(c.id);
         self.writer().send(WriterMsg::Delivery(DeliveryUpdate {
             id: c.id,
-            status: "DISCARDED",
+            status,
             attempt_count: None,
             next_attempt_at: None,
             last_status_code: None,

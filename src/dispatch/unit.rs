@@ -31,11 +31,21 @@ pub(super) async fn handle_group(
 ) {
     let n = items.len();
     let bytes = super::hub::cost_of(&items);
-    // Secrets are opened once per group; the sender gets them in the clear.
+    // Secrets are opened once per group; the sender gets them in the clear. Secrets this
+    // instance cannot open (sealed with a key it lacks, or damaged) stay so however often it
+    // tries: the deliveries end `FAILED` with the reason, to be retried once the key is
+    // configured, instead of going back to the queue to fail again.
     if let Err(e) = crate::service::destinations::unseal(&mut d, &engine.state.cipher) {
-        tracing::error!(destination = %d.id, error = %e.detail(), "cannot open destination secrets");
+        let why = match &e {
+            crate::error::AppError::Internal(m) => {
+                m.strip_prefix("open destination secret: ").unwrap_or(m)
+            }
+            _ => "unknown error",
+        };
+        tracing::error!(destination = %d.id, deliveries = n, error = %why, "cannot open destination secrets; deliveries failed");
+        let reason = format!("destination secrets cannot be opened: {why}");
         for (c, _) in &items {
-            engine.release(c, Some(now() + TimeDelta::seconds(60)));
+            engine.fail(c, &reason);
         }
         engine.done(&rt, n, bytes);
         return;

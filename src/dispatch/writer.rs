@@ -197,14 +197,30 @@ async fn run(
         // Which delivery updates took effect matters only to the live stream. (A subscriber
         // arriving during the flush gets its attempts as the updates would leave them.)
         let want_applied = live.subscriber_count() > 0;
+        let attempt_ids: Vec<Uuid> = flush.finished.iter().map(|f| f.attempt.id).collect();
+        // The announcement to other instances rides in the flush's transaction, which sends
+        // it on commit at no extra cost. Should the flush fail with it, it is written again at
+        // once without it, and announced after that commit (best effort): whatever PostgreSQL
+        // thinks of a notification (its queue full, say, which it reports only at commit),
+        // the recording of attempts never waits on it.
+        let mut announce = Announce::InFlush;
         // Nothing finished is dropped: a failed flush is retried until the database is back.
         // (Leases may expire meanwhile; the receiver then sees a duplicate, never a loss.)
         let applied = loop {
-            match flush
-                .write(&db, &instance_id, &statuses, want_applied)
-                .await
-            {
+            let with = (announce == Announce::InFlush).then_some((
+                &*instance_id,
+                attempt_ids.as_slice(),
+                statuses.as_slice(),
+            ));
+            match flush.write(&db, with, want_applied).await {
                 Ok(applied) => break applied,
+                Err(e)
+                    if announce == Announce::InFlush
+                        && db.get_database_backend() == DbBackend::Postgres =>
+                {
+                    tracing::warn!(error = %e, "completion flush failed; writing it again with its announcement after the commit");
+                    announce = Announce::AfterCommit;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "completion flush failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -212,6 +228,9 @@ async fn run(
                 }
             }
         };
+        if announce == Announce::AfterCommit {
+            crate::live::pg::announce_committed(&db, &instance_id, &attempt_ids, &statuses).await;
+        }
         if flush.health.values().any(|h| h.disable) {
             // 410 Gone switched a destination off: it no longer takes events.
             hub.rules_changed();
@@ -360,11 +379,12 @@ impl Flush {
         f
     }
 
+    /// Writes the flush in one transaction; on PostgreSQL with `announce`, which attempts and
+    /// status changes this instance announces to the others on commit.
     async fn write(
         &self,
         db: &DatabaseConnection,
-        instance_id: &str,
-        statuses: &[StatusChange],
+        announce: Option<(&str, &[Uuid], &[StatusChange])>,
         want_applied: bool,
     ) -> Result<Vec<bool>, DbErr> {
         let attempts: Vec<delivery_attempt::Model> =
@@ -389,11 +409,21 @@ impl Flush {
             super::store::write_deliveries(&txn, &self.deliveries, self.at, want_applied).await?;
         super::store::write_health_all(&txn, &self.health).await?;
         super::rollup::upsert(&txn, &self.rollups).await?;
-        let ids: Vec<Uuid> = self.finished.iter().map(|f| f.attempt.id).collect();
-        crate::live::pg::announce(&txn, instance_id, &ids, statuses).await?;
+        if let Some((instance_id, attempts, statuses)) = announce {
+            crate::live::pg::announce(&txn, instance_id, attempts, statuses).await?;
+        }
         txn.commit().await?;
         Ok(applied)
     }
+}
+
+/// Where a flush's announcement to other instances goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Announce {
+    /// In the flush's transaction: sent on its commit.
+    InFlush,
+    /// Apart, after the flush committed without it.
+    AfterCommit,
 }
 
 /// Later updates win, but the "last success/failure" facts accumulate.

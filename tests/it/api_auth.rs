@@ -128,6 +128,67 @@ both!(auth_expired_token, |backend| async move {
     assert_eq!(count(&s, "acme").await, 0, "an expired token wrote");
 });
 
+/// A token is refused before its `nbf` (past the same 5 s leeway as `exp`), accepted after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_token_not_valid_yet() {
+    let s = Server::start(crate::harness::Backend::Sqlite).await;
+    let mut early = claims("acme", "read write", now() + 3600);
+    early["nbf"] = json!(now() + 600);
+    let early = jwt(SECRET, early);
+    for _ in 0..2 {
+        let (c, e) = s.err_code(Some(&early), VIEWER, json!({})).await;
+        assert_eq!(c, "UNAUTHENTICATED", "{e}");
+        assert!(e["message"].as_str().unwrap().contains("nbf"), "{e}");
+    }
+    let (c, _) = s
+        .err_code(Some(&early), CREATE_DEST, dest_input("early"))
+        .await;
+    assert_eq!(c, "UNAUTHENTICATED");
+    assert_eq!(count(&s, "acme").await, 0, "a token not valid yet wrote");
+    // Already valid, or valid within the leeway: accepted.
+    for nbf in [now() - 60, now() + 2] {
+        let mut c = claims("acme", "read", now() + 3600);
+        c["nbf"] = json!(nbf);
+        let v = s.ok(&jwt(SECRET, c), VIEWER, json!({})).await;
+        assert_eq!(v["viewer"]["tenant"], "acme");
+    }
+}
+
+/// A configured HS256 secret shorter than 32 bytes stops the server before it serves, with
+/// a message naming the setting and the minimum; 32 bytes are enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_jwt_secret_refused_at_start() {
+    let db = TestDb::new(crate::harness::Backend::Sqlite).await;
+    let mut cfg = test_config(&db);
+    cfg.jwt_secret = Some("x".repeat(31));
+    let err = match hookline::server::prepare(cfg.clone()).await {
+        Ok(_) => panic!("a 31-byte JWT secret was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("HOOKLINE_JWT_SECRET") && err.contains("31 bytes") && err.contains("32"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&"x".repeat(31)),
+        "the secret is in the message: {err}"
+    );
+    cfg.jwt_secret = Some("x".repeat(32));
+    let s = Server::start_on(db, cfg).await;
+    let t = hookline::auth::JwtKeys::hs256("x".repeat(32).as_bytes())
+        .mint(
+            "acme",
+            "ops",
+            hookline::auth::Scopes::parse("read"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(
+        s.ok(&t, VIEWER, json!({})).await["viewer"]["tenant"],
+        "acme"
+    );
+}
+
 both!(auth_forged_token, |backend| async move {
     let s = Server::start(backend).await;
     let exp = now() + 600;
