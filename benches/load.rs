@@ -1,4 +1,4 @@
-//! Load benchmark (issue 6): the real `hookline` release binary as a child process on a fresh
+//! Load benchmark: the real `hookline` release binary as a child process on a fresh
 //! database, a fast receiver in this process on 127.0.0.1, publishers over GraphQL.
 //!
 //! ```text
@@ -106,8 +106,8 @@ impl Scenario {
 
 /// `backlog`: the length of each steady phase, the same as `steady`'s. The criterion is a p99:
 /// over 10 s at 500/s that is the 50th slowest publish, and one stall of the machine's disk
-/// decides it. Session 9 ran the scenario with a 1-event fill, i.e. no backlog at all: over
-/// 10 s the second phase's p99 moved by −17 %, −10 % and +68 % against the first.
+/// decides it. With a 1-event fill, i.e. no backlog at all, 10-s phases move the second
+/// phase's p99 by tens of per cent against the first (−17 %, −10 % and +68 % in three runs).
 const BACKLOG_PHASE_SECS: f64 = 30.0;
 
 /// How long the bench waits for deliveries while none arrives before it gives up.
@@ -120,7 +120,7 @@ enum Writeback {
     Sync,
     /// On PostgreSQL, its shared buffers first (`CHECKPOINT`), then the page cache.
     Checkpoint,
-    /// Nothing (the benchmark before session 12).
+    /// Nothing.
     None,
 }
 
@@ -153,8 +153,8 @@ struct Args {
     settle: Option<f64>,
     /// `backlog`: what is written back before each steady phase.
     writeback: Writeback,
-    /// `backlog`: the two phases one after the other on one server (the benchmark before
-    /// session 14), instead of interleaved on two.
+    /// `backlog`: the two phases one after the other on one server, instead of interleaved
+    /// on two.
     sequential: bool,
 }
 
@@ -1133,7 +1133,7 @@ fn rise(base: &[f64], with: &[f64]) -> f64 {
 /// `backlog` over several runs: the p99 of every run's baseline samples together against the
 /// p99 of every run's samples beside the backlog. One run's 30-s p99 is the 150th slowest of
 /// 15 000 publishes, and this machine moves it by tens of per cent between runs with no
-/// backlog at all (the A/A control, BENCHMARKS.md session 12); the pooled figure is the same
+/// backlog at all (the A/A control, `--events 1`); the pooled figure is the same
 /// quantity measured on R times as many publishes.
 fn print_pooled(runs: &[Run]) {
     let pool = |phase: &str| {

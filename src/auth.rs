@@ -129,8 +129,9 @@ pub struct JwtKeys {
 }
 
 /// Tokens verified already, by their exact text, with the principal each gave. A client sends
-/// the same token with every request; checking its signature and decoding its claims each
-/// time was ≈ 2.6 % of the server's CPU in `single` (BENCHMARKS.md, session 16). The keys never
+/// the same token with every request, and checking its signature and decoding its claims each
+/// time is a measurable share of the server's CPU (BENCHMARKS.md, "Verified tokens are
+/// cached"). The keys never
 /// change while the process runs, so the same text verifies the same way, except for its
 /// expiry, which is checked again on every use. Bounded: at most [`Verified::ENTRIES`] tokens
 /// of at most [`Verified::MAX_TOKEN_BYTES`]; when full it starts over.

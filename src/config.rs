@@ -294,9 +294,10 @@ pub struct Config {
 /// idle connections out in turn, so a pool that a burst has grown keeps every connection in
 /// use afterwards and never lets one reach its idle timeout. A steady load spread over more
 /// backends than there are cores runs each statement in a backend whose caches have gone
-/// cold. Measured: after the `backlog` benchmark's fill had grown the pool to 11, PostgreSQL
-/// spent a median 11 % more CPU on the same 500 events/s than before it; capped at 6 (this
-/// default on 2 cores), 3 %, with `single` and `fanout` unchanged (BENCHMARKS.md, session 12).
+/// cold. Measured: with the `backlog` benchmark's fill growing the pool to 11, PostgreSQL
+/// spends a median 11 % more CPU on the same 500 events/s than before the fill; capped at 6
+/// (this default on 2 cores), 3 %, with `single` and `fanout` unchanged (BENCHMARKS.md, "The
+/// PostgreSQL pool is sized by the cores").
 pub fn default_db_max_connections() -> u32 {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     u32::try_from(2 * cores + 2).unwrap_or(u32::MAX).min(1000)

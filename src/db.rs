@@ -68,9 +68,10 @@ impl Db {
 /// until the table is next analyzed). Tables start empty, and at a few hundred rows a
 /// sequential scan is the cheaper generic plan for the completion writer's update and for
 /// the claim's lookup of the rows it picked. Kept, such a plan reads the whole `delivery`
-/// table on every flush or claim: measured at 150–200 ms a flush once the table held 100 000
-/// rows, PostgreSQL's CPU doubled for the whole run, in about two `backlog` runs out of five
-/// (BENCHMARKS.md, session 10). With sequential scans priced out the planner takes the index
+/// table on every flush or claim: 150–200 ms a flush once the table holds 100 000 rows,
+/// doubling PostgreSQL's CPU for the whole run in about two `backlog` runs out of five
+/// (BENCHMARKS.md, "PostgreSQL sessions price out sequential scans"). With sequential scans
+/// priced out the planner takes the index
 /// at any size; a table without a usable index is still read sequentially.
 pub const SESSION_SETTINGS: [(&str, &str); 1] = [("enable_seqscan", "off")];
 
@@ -156,16 +157,16 @@ pub async fn connect(cfg: &Config) -> Result<Db, DbErr> {
 /// SQLite: the WAL pages after which a committing connection checkpoints by itself (≈ 40 MiB
 /// at SQLite's 4 KiB pages). SQLite's default is 1 000, and its checkpoint runs inside the
 /// commit that crosses the line: on the single writer, so that commit and every publish
-/// queued behind it waited while the WAL was copied into the database and both files were
+/// queued behind it would wait while the WAL is copied into the database and both files are
 /// synced (up to ten times a second under load). [`spawn_sqlite_checkpointer`] does that
 /// work on a reader connection instead; this limit only bounds the WAL should it fall behind.
 pub const SQLITE_WAL_BACKSTOP_PAGES: u32 = 10_000;
 
 /// How often [`spawn_sqlite_checkpointer`] checkpoints. Often, so that each checkpoint is
 /// short: while one copies and syncs, the publishes that commit meanwhile wait longer (on two
-/// cores), and the longer it runs, the more of them do. Against 250 ms, every 100 ms took
-/// ≈ 20 % off the healthy p99 of `backlog` for ≈ 3 % more CPU; every second doubled it
-/// (BENCHMARKS.md, session 14).
+/// cores), and the longer it runs, the more of them do. Against 250 ms, every 100 ms takes
+/// ≈ 20 % off the healthy p99 of `backlog` for ≈ 3 % more CPU; every second doubles it
+/// (BENCHMARKS.md, "SQLite checkpoints in the background").
 pub const SQLITE_CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// SQLite: copies the WAL into the database every [`SQLITE_CHECKPOINT_EVERY`] from a reader
@@ -231,8 +232,8 @@ fn sqlite_path(url: &str) -> Option<&str> {
 /// SQLite: runs `stmts` as one transaction in **one** call to the connection's thread —
 /// `BEGIN; s1; s2; …; COMMIT` as a single script. Each statement otherwise costs a hand-off to
 /// sqlx's SQLite thread and back, and the one writer connection sits idle, held, during every
-/// hand-off: at 8 000 publishes/s the publishes waited ≈ 1 ms per group for it (BENCHMARKS.md,
-/// session 8). Only statements that return nothing belong here, with anonymous `?`
+/// hand-off: at 8 000 publishes/s the publishes would wait ≈ 1 ms per group for it
+/// (BENCHMARKS.md, "SQLite runs each transaction as one script"). Only statements that return nothing belong here, with anonymous `?`
 /// placeholders (SeaORM's builders write those; numbered `?N` ones would bind by absolute
 /// position across the script and are refused).
 ///

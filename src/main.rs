@@ -71,8 +71,8 @@ fn init_logging(cfg: &Config) {
 }
 
 /// The hot paths allocate small, short-lived buffers on several threads at once (GraphQL
-/// documents, JSON, HTTP bodies); glibc's allocator spent 17 % of the server's CPU on them in
-/// the `single` benchmark (BENCHMARKS.md).
+/// documents, JSON, HTTP bodies); with glibc's allocator, 17 % of the server's CPU in the
+/// `single` benchmark goes to them (BENCHMARKS.md, "mimalloc is the allocator").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

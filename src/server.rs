@@ -25,8 +25,8 @@ use crate::state::AppState;
 use crate::{db, dispatch};
 
 /// The router's state, cloned into every request: one reference count, not the dozen of
-/// [`AppState`]'s fields (their clones and drops were ≈ 1.7 % of the server's CPU in `single`,
-/// BENCHMARKS.md session 16).
+/// [`AppState`]'s fields, whose clones and drops on every request show in a profile of the
+/// `single` benchmark.
 #[derive(Clone)]
 struct Http(Arc<HttpParts>);
 

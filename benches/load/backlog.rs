@@ -5,12 +5,13 @@
 //! destination alone (the baseline), one that also has the dead destination, filled first.
 //! Both get a warm-up slice that is not counted, then the steady load goes to one and the other
 //! in turn, [`SLICE_SECS`] at a time (A B B A A B …), until each has had `--duration` seconds
-//! of it. Only one server is under load at any moment. This machine's speed drifts by tens of
-//! per cent within minutes (BENCHMARKS.md, sessions 12–14); measured one after the other, the
-//! two phases compared the machine at two moments as much as the backlog.
+//! of it. Only one server is under load at any moment. This class of machine's speed drifts by
+//! tens of per cent within minutes (BENCHMARKS.md, "Noise, and how to measure through it");
+//! measured one after the other, the two phases would compare the machine at two moments as
+//! much as the backlog.
 //!
-//! `--sequential` runs the benchmark as sessions 9–13 did: one server, the baseline phase,
-//! the fill, then the same load again beside the backlog.
+//! `--sequential` runs it on one server instead: the baseline phase, the fill, then the same
+//! load again beside the backlog.
 //!
 //! `HOOKLINE_BENCH_BIN_B=<binary>` compares two builds instead: both servers get the dead
 //! destination and its fill, the first runs `HOOKLINE_BENCH_BIN` (or the bench's own build),
@@ -151,8 +152,7 @@ pub(super) async fn sequential(
     dead.fill(api, args, run).await?;
     // Both steady phases start with the page cache written back (`--writeback`, default
     // `sync`): the fill dirties ≈ 70 MB of new table pages in seconds, which the kernel would
-    // otherwise write in one burst 30 s later, inside the second phase (BENCHMARKS.md,
-    // sessions 11–12). A backlog that builds up over hours is written back as it grows.
+    // otherwise write in one burst 30 s later, inside the second phase. A backlog that builds up over hours is written back as it grows.
     writeback(args.writeback, run, WITH_BACKLOG, server).await?;
     // 3. The same steady load again, now beside the backlog.
     let mark = recv.state.unique.load(Ordering::Relaxed);

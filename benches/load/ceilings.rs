@@ -1,10 +1,10 @@
-//! `--scenario ceilings`: the machine's own ceilings, measured the way issue 6 states them, so
-//! that figures from machines of different speed can be set side by side. No Hookline code
+//! `--scenario ceilings`: the machine's own ceilings, measured the way the reference figures in
+//! BENCHMARKS.md state them, so that figures from machines of different speed can be set side by side. No Hookline code
 //! runs here: these are what the hardware, the database and the HTTP stack allow at most.
 //!
 //! - `http`: a reqwest client (as the server's sender is built: rustls, pooled keep-alive
 //!   connections) POSTs ~300-byte bodies to this bench's receiver (axum, answering 204) from
-//!   64 tasks. The issue measured against nginx; this receiver runs in the same process.
+//!   64 tasks. The reference figure is against nginx; this receiver runs in the same process.
 //! - PostgreSQL / SQLite: an event costs an insert of the event and its delivery, then an
 //!   insert of an attempt and an update of the delivery (Hookline's minimum per delivered
 //!   event), with primary keys only. `two commits per event`: each pair is its own

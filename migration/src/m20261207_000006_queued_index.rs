@@ -8,7 +8,7 @@
 //! Every publish beside a destination whose circuit is open writes one parked delivery; on
 //! SQLite's single writer each of its index entries in the middle of an index keyed by
 //! destination costs the commit, and the healthy publishes' latency with it
-//! (BENCHMARKS.md, session 15: this entry was ≈ 10 % of the healthy p99 in `backlog`). The
+//! (this entry costs ≈ 10 % of the healthy p99 in the `backlog` benchmark). The
 //! two indexes together still hold every unfinished delivery once: pending counts and the
 //! discards of a deleted destination read both (`stats::pending_counts`,
 //! `destinations::delete`), and releasing what an open circuit held reads each in its own

@@ -4,8 +4,8 @@
 //! marked destinations for the recovery sweep.
 //!
 //! Every publish beside a destination whose circuit is open parks a delivery; on SQLite's one
-//! writer the parked index's entry was a page of every such commit, ≈ 11 % of the healthy
-//! publishes' p99 in `backlog` (BENCHMARKS.md, session 16). What keeps the mark exact is in
+//! writer the parked index's entry is a page of every such commit, ≈ 11 % of the healthy
+//! publishes' p99 in `backlog` (BENCHMARKS.md, "SQLite finds parked deliveries from a mark"). What keeps the mark exact is in
 //! `hookline::service::parked`. PostgreSQL, shared by several instances, keeps the index: this
 //! migration does nothing there.
 //!

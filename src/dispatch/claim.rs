@@ -116,7 +116,7 @@ pub fn claim_sql(backend: DbBackend, skip: usize) -> String {
     // PostgreSQL: `id = ANY(ARRAY(subquery))` makes the chosen ids one value that the outer
     // UPDATE looks up through the primary key. With `id IN (subquery)` the planner often
     // picks a hash join over a sequential scan of the whole queue (always, before the table
-    // has statistics), so every claim cost O(queue size) — measured in BENCHMARKS.md.
+    // has statistics), so every claim would cost O(queue size).
     let (open, close) = match backend {
         DbBackend::Postgres => ("= ANY(ARRAY(", "))"),
         _ => ("IN (", ")"),
@@ -189,8 +189,8 @@ pub async fn claim_parked(
 /// PostgreSQL: the parked delivery is looked up in `idx_delivery_parked` whatever the planner
 /// believes. With `destination_id = $3 … LIMIT 1`, PostgreSQL on fresh statistics that show a
 /// failing destination's parked rows as many bets on a sequential scan meeting one early, and
-/// reads every finished delivery stored before them first (50 000 rows on a scratch database,
-/// session 9; a table of months of history on a real one), on every probe. Written as a range
+/// reads every finished delivery stored before them first (a table of months of history on a
+/// real installation), on every probe. Written as a range
 /// of one value in index order, the sequential scan would have to sort what it finds, so the
 /// index is the cheaper plan, custom or generic. SQLite has no parked index: the first parked
 /// delivery from the destination's mark ([`crate::service::parked::CLAIM_SQLITE`]).
@@ -239,11 +239,10 @@ pub async fn unpark_recovered(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
 /// PostgreSQL: written as a skip scan of `idx_delivery_parked`: each step is one descent of
 /// that index to the next destination that has a parked delivery, so the statement costs one
 /// index probe per such destination, never a pass over any destination's parked rows. The
-/// shape matters. The earlier form, `EXISTS (… WHERE p.destination_id = d.id …)`, left the
-/// choice of join to the planner; with statistics taken while the table was small, it read the
-/// whole parked index of a failing destination on every sweep (105 000 entries, 13–19 ms, in
-/// the `backlog` benchmark), and with fresh statistics a correlated `LIMIT 1` probe can become
-/// a sequential scan that hopes to meet a match early. An ordered `LIMIT 1` on the indexed
+/// shape matters. A correlated `EXISTS (… WHERE p.destination_id = d.id …)` leaves the choice
+/// of join to the planner: with statistics taken while the table was small it reads the whole
+/// parked index of a failing destination on every sweep, and with fresh statistics a
+/// correlated `LIMIT 1` probe can become a sequential scan that hopes to meet a match early. An ordered `LIMIT 1` on the indexed
 /// column leaves PostgreSQL no cheaper path than the index.
 ///
 /// SQLite: the destinations with a mark ([`crate::service::parked::RECOVERED_SQLITE`]), through

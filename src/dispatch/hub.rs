@@ -9,7 +9,7 @@
 //! — a third of the queue's row writes on PostgreSQL. Nothing is lost if the process dies in
 //! between: the rows are leased like claimed ones, so they come back when the lease lapses
 //! (or at the next start, on SQLite). Destinations that must keep their order or batch, or
-//! whose queue here is full, go through the queue as before; a destination whose circuit is
+//! whose queue here is full, go through the queue; a destination whose circuit is
 //! open gets its new deliveries parked.
 
 use std::collections::HashSet;
@@ -36,8 +36,9 @@ use crate::service::now;
 pub const WINDOW_BYTES: usize = 128 << 20;
 
 /// What a delivery held in memory is counted as beside its event's payload: its claim, its
-/// lease entry and its waiting send task. Measured: `fanout`'s peak RSS grew by ≈ 1.7 KiB for
-/// every delivery the window held more (BENCHMARKS.md, session 8).
+/// lease entry and its waiting send task. Measured: `fanout`'s peak RSS grows by ≈ 1.7 KiB for
+/// every delivery the window holds more (BENCHMARKS.md, "The in-memory window is bounded in
+/// bytes").
 pub const DELIVERY_OVERHEAD: usize = 2048;
 
 /// The bytes a delivery of an event with `payload_len` bytes is counted as.

@@ -5,11 +5,12 @@
 //!
 //! On one runtime, a publish's tasks wait in the same run queues as the delivery tasks ready
 //! at that moment; under a fan-out there are thousands of those (a request and a connection
-//! task per delivery), so accepting an event waited behind sending the previous ones. With two
-//! runtimes the operating system shares the cores between their threads, and the API's short
-//! queue is served at once: in the `fanout` benchmark on PostgreSQL `publishEvent`'s p50 went
-//! from 60–65 ms to 36–41 ms, deliveries/s within the machine's noise (BENCHMARKS.md, session
-//! 7). Deliveries still use every core the API leaves idle.
+//! task per delivery), so accepting an event would wait behind sending the previous ones. With
+//! two runtimes the operating system shares the cores between their threads, and the API's
+//! short queue is served at once: in the `fanout` benchmark on PostgreSQL this takes about a
+//! third off `publishEvent`'s p50, with deliveries/s within the machine's noise (BENCHMARKS.md,
+//! "Deliveries run on a runtime of their own"). Deliveries still use every core the API leaves
+//! idle.
 
 use tokio::runtime::{Builder, Handle, Runtime};
 

@@ -147,17 +147,17 @@ const GATHER: Duration = Duration::from_millis(5);
 /// A flush that has gathered fewer messages than [`SPARSE`] after [`GATHER`] (PostgreSQL) or
 /// [`GATHER_SQLITE`] keeps gathering until this much time has passed. A flush costs
 /// PostgreSQL mostly per flush, not per message: a transaction of five statements and a WAL
-/// flush. At 500 attempts/s a 5-ms
-/// gather made ≈ 125 flushes a second of about four attempts each, more statements than the
-/// publishes themselves. At high rates batches fill within `GATHER` and nothing changes, so
-/// `fanout` keeps its short gather (a long one for every flush cost it ≈ 10 %, session 11).
+/// flush. At 500 attempts/s a 5-ms gather alone makes ≈ 125 flushes a second of about four
+/// attempts each, more statements than the publishes themselves. At high rates batches fill
+/// within `GATHER` and nothing changes, so `fanout` keeps its short gather (a long one for
+/// every flush costs it ≈ 10 %; BENCHMARKS.md, "Completions are written in batched flushes").
 const GATHER_SPARSE: Duration = Duration::from_millis(20);
 const SPARSE: usize = 16;
 /// On SQLite a flush occupies the one writer connection that publishes wait for: fewer,
 /// larger flushes leave it free more of the time. A sparse batch gathers until
 /// [`GATHER_SPARSE`] there too: each flush appends every page it touches to the WAL however
-/// few attempts it holds, and at 500 attempts/s the 2-ms gather flushed one or two at a time
-/// (session 13: the server's CPU in `steady` −16 %, BENCHMARKS.md).
+/// few attempts it holds, and at 500 attempts/s the 2-ms gather alone flushes one or two at a
+/// time.
 const GATHER_SQLITE: Duration = Duration::from_millis(2);
 
 async fn run(

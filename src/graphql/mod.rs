@@ -196,8 +196,9 @@ pub(crate) fn parse_id(
 }
 
 /// Parsed documents by query text. Clients send the same few documents over and over
-/// (`publishEvent` above all), and parsing was 7 % of the server's CPU in the `single`
-/// benchmark; a cached document is cloned instead. Depth and complexity limits and
+/// (`publishEvent` above all), and parsing them is a measurable share of the server's CPU
+/// (BENCHMARKS.md, "Parsed GraphQL documents are cached"); a cached document is cloned
+/// instead. Depth and complexity limits and
 /// validation still run on every request. Bounded: at most [`DocCache::ENTRIES`] documents
 /// of at most [`DocCache::MAX_QUERY_BYTES`] each; when full it starts over, so many distinct
 /// queries cost no more than without the cache.

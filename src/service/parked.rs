@@ -5,8 +5,9 @@
 //!
 //! **SQLite** has no index of parked rows (migration 7). Each publish beside an open circuit
 //! writes one parked delivery, and on SQLite's single writer every index page a commit touches
-//! is a WAL frame that the healthy publishes queued behind it wait for: the parked index's entry
-//! was ≈ 11 % of the healthy p99 in `backlog` (BENCHMARKS.md, session 16). Instead each
+//! is a WAL frame that the healthy publishes queued behind it wait for: an entry in an index of
+//! parked rows costs ≈ 11 % of the healthy p99 in `backlog` (BENCHMARKS.md, "SQLite finds
+//! parked deliveries from a mark"). Instead each
 //! destination carries a mark, `destination.parked_from`: an id at or below the id of every
 //! parked delivery it has, NULL when it has none. Its parked deliveries are then the range
 //! `(tenant, destination, id >= parked_from)` of `idx_delivery_tenant_dest_id`, which every

@@ -382,9 +382,9 @@ both!(
 );
 
 // PostgreSQL keeps the generic plan a connection settles on after five executions of a
-// prepared statement. Planned while `delivery` held a few hundred rows, the completion
-// writer's update and the claim's lookup of the rows it picked were sequential scans, kept as
-// the table grew (150–200 ms a flush at 100 000 rows). On Hookline's sessions their generic
+// prepared statement. Planned while `delivery` holds a few hundred rows, the completion
+// writer's update and the claim's lookup of the rows it picked would be sequential scans, kept
+// as the table grows (150–200 ms a flush at 100 000 rows). On Hookline's sessions their generic
 // plans use the primary key whatever the table's size when they are made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generic_plans_of_hot_statements_use_the_primary_key() {

@@ -26,7 +26,7 @@ async fn exec(schema: &AppSchema, p: &Principal, query: &str, vars: Value) -> Va
     r.data.into_json().unwrap()
 }
 
-/// The page the issue names.
+/// A page of deliveries with their event, destination and attempts.
 const PAGE: &str = "query($n: Int!) { deliveries(first: $n) { edges { node {
   id status
   event { id type }

@@ -219,8 +219,8 @@ async fn loopback_postgres_goes_without_tls_unless_the_url_asks() {
 
 // SQLite checkpoints (copies the WAL into the database file) in the background, not inside
 // the writer's commits: with SQLite's default of one checkpoint per 1 000 WAL pages, the commit
-// that crossed the line ran it, and every publish queued behind that commit waited for the copy
-// and two syncs (BENCHMARKS.md, session 13). The database file itself must therefore catch up
+// that crosses the line runs it, and every publish queued behind that commit waits for the copy
+// and two syncs. The database file itself must therefore catch up
 // with what was committed while the writer never gets near its own, much higher, limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_copies_its_wal_into_the_database_in_the_background() {
@@ -330,8 +330,8 @@ both!(window_counts_return_to_zero, |backend| async move {
 });
 
 // The PostgreSQL pool opens at most `HOOKLINE_DB_MAX_CONNECTIONS` connections, however many
-// publishes arrive at once (32 concurrent publishers grew the old 24-connection pool to 11
-// within a second), and nothing waits too long for one: everything is delivered.
+// publishes arrive at once (32 concurrent publishers grow a 24-connection pool to 11 within a
+// second), and nothing waits too long for one: everything is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_pool_stays_within_its_limit_under_a_burst() {
     use sea_orm::ConnectionTrait;

@@ -29,9 +29,9 @@ async fn one_destination_stopped(backend: Backend) -> (TestDb, hookline::db::Db,
 // of a destination that is no longer failing, and of an ordered one; it leaves a failing
 // destination's parked deliveries alone, and deliveries that merely wait for a retry. It runs
 // every 5 s beside a failing destination's backlog, so on PostgreSQL it must read at most one
-// parked delivery per destination that has any, with statistics or without (the earlier query
-// read a failing destination's whole parked backlog on every sweep once the planner's
-// statistics were stale). The probe's claim of one parked delivery is held to the same.
+// parked delivery per destination that has any, with statistics or without (a correlated
+// `EXISTS` form reads a failing destination's whole parked backlog on every sweep once the
+// planner's statistics are stale). The probe's claim of one parked delivery is held to the same.
 both!(
     sweep_unparks_only_recovered_destinations,
     |backend| async move {
@@ -178,7 +178,7 @@ both!(
 
         // The probe's claim takes one parked delivery of its destination through
         // `idx_delivery_parked` (on SQLite, from the destination's mark). With statistics showing the failing destination's rows as
-        // many, the plain `LIMIT 1` form was a sequential scan, which reads whatever history
+        // many, a plain `LIMIT 1` form becomes a sequential scan, which reads whatever history
         // is stored before the first parked row.
         let lease = chrono::Utc::now() + chrono::TimeDelta::minutes(1);
         let claim_sql = claim::claim_parked_sql(be);
