@@ -207,7 +207,7 @@ try {
   // Two more through the API, so the list shows several states: one healthy, one whose
   // endpoint refuses connections.
   await gql(CREATE, { input: { name: 'crm-sync', displayName: 'CRM sync', url: receiverUrl, eventTypes: ['order.*', 'customer.*'] } });
-  await gql(CREATE, {
+  const legacy = await gql(CREATE, {
     input: { name: 'legacy-billing', url: 'http://127.0.0.1:9/billing', retrySchedule: [2, 2], maxAttempts: 3, eventTypes: ['order.*'] },
   });
 
@@ -279,6 +279,19 @@ try {
   await a11y(page, 'destination');
   await shot(page, 'destination', { fullPage: true });
 
+  // The failing destination's page: its failure details and a refused attempt.
+  await page.goto(`${base}/#/destinations/${encodeURIComponent(legacy.createDestination.id)}`);
+  await page.locator('#destination-status').waitFor();
+  const failed = page.locator('details[data-delivery]', { hasText: 'order.created' });
+  await failed.locator(':scope > summary').click();
+  await failed.locator('table.attempts tbody tr').first().waitFor();
+  check((await failed.locator('table.attempts tbody tr').first().textContent()).includes('CONNECT'), 'the refused attempt shows CONNECT');
+  await a11y(page, 'failing destination');
+  await shot(page, 'destination-failing', { fullPage: true });
+  log('the failing destination shows its failed attempts');
+  await page.goto(destUrl);
+  await page.locator('#destination-status').waitFor();
+
   // ---- edit: errors next to fields, then only the changed fields are sent --------------------
   await page.getByRole('link', { name: 'Edit' }).click();
   await page.getByRole('heading', { level: 1, name: 'Edit Orders webhook' }).waitFor();
@@ -332,7 +345,8 @@ try {
   await page.emulateMedia({ colorScheme: 'light' });
 
   // ---- GraphiQL, offline ---------------------------------------------------------------------
-  const sub = 'subscription { deliveryAttempts { eventType outcome responseStatus } }';
+  // Only this test's event: the failing destination's retries would otherwise replace it in the result pane.
+  const sub = 'subscription { deliveryAttempts(eventType: "customer.created") { eventType outcome responseStatus } }';
   await page.goto(`${base}/graphql?query=${encodeURIComponent(sub)}`);
   await page.locator('.graphiql-container').waitFor();
   await page.getByText('token from the dashboard').waitFor();
@@ -349,7 +363,6 @@ try {
   await page.locator('.result-window', { hasText: '"tenant": "acme"' }).waitFor();
   await page.locator('.graphiql-doc-explorer-search, [aria-label="Show Documentation Explorer"]').first().waitFor();
   log('GraphiQL query ran');
-  await shot(page, 'graphiql');
 
   // The schema GraphiQL fetched by introspection: the documentation explorer lists the root
   // types' fields, and the editor completes field names from it.
@@ -358,6 +371,7 @@ try {
   const docs = page.locator('.graphiql-doc-explorer');
   await docs.getByRole('link', { name: 'Query', exact: true }).click();
   await docs.locator('.graphiql-doc-explorer-field-name', { hasText: /^destinations$/ }).waitFor();
+  await shot(page, 'graphiql');
   await page.locator('.graphiql-doc-explorer-back').click();
   await docs.getByRole('link', { name: 'Subscription', exact: true }).click();
   await docs.locator('.graphiql-doc-explorer-field-name', { hasText: /^deliveryAttempts$/ }).waitFor();
