@@ -8,6 +8,7 @@
 //! untrusted users write filters should know this.
 
 use std::fmt;
+use std::sync::Arc;
 
 use entity::event;
 use jaq_core::load::{Arena, File, Loader};
@@ -94,6 +95,16 @@ pub fn compile(code: &str) -> Result<Program, String> {
             }
         })?;
     Ok(Program { filter })
+}
+
+/// A stored program, compiled: saved programs compiled when they were saved, so an error
+/// here means the jq implementation changed under them; it is kept as the reason.
+pub type Compiled = Result<Arc<Program>, String>;
+
+pub fn compile_stored(code: &str) -> Compiled {
+    compile(code)
+        .map(Arc::new)
+        .map_err(|e| format!("the stored program no longer compiles: {e}"))
 }
 
 /// `"syntax error at line L, column C: what"`, locating `at` (a slice of `code`).

@@ -27,6 +27,8 @@ pub enum ErrorKind {
     HttpStatus,
     BlockedTarget,
     InvalidResponse,
+    /// The destination's transform failed on the event: no request was made.
+    Transform,
 }
 
 impl ErrorKind {
@@ -39,6 +41,7 @@ impl ErrorKind {
             ErrorKind::HttpStatus => "HTTP_STATUS",
             ErrorKind::BlockedTarget => "BLOCKED_TARGET",
             ErrorKind::InvalidResponse => "INVALID_RESPONSE",
+            ErrorKind::Transform => "TRANSFORM",
         }
     }
 }
@@ -63,7 +66,7 @@ impl Outcome {
         self.status == Some(410)
     }
 
-    fn failed(kind: ErrorKind, msg: impl Into<String>, started: Instant) -> Self {
+    pub fn failed(kind: ErrorKind, msg: impl Into<String>, started: Instant) -> Self {
         Outcome {
             status: None,
             body: None,

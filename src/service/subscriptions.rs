@@ -94,8 +94,8 @@ impl Rule {
 }
 
 fn compile_stored_filter(code: &str) -> Result<Arc<jq::Program>, ()> {
-    jq::compile(code).map(Arc::new).map_err(|e| {
-        tracing::warn!(error = %e, "stored subscription filter does not compile; it matches nothing");
+    jq::compile_stored(code).map_err(|e| {
+        tracing::warn!(error = %e, "subscription filter matches nothing");
     })
 }
 

@@ -207,3 +207,151 @@ both!(payload_filter_works_beside_filter, |backend| async move {
     assert_eq!(deliveries_of(&s, &tok, &dest).await.len(), 1);
     assert_eq!(deliveries_of(&s, &tok, &other).await.len(), 1);
 });
+
+const PAID_TEXT: &str = r#"{text: "Paid: \(.data.amount)", event: .id, kind: .type}"#;
+
+both!(transform_builds_the_signed_body, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    let dest = create_destination(&s, &tok, json!({"url": rx.url(), "transform": PAID_TEXT})).await;
+    let q = "query($id: ID!) { destination(id: $id) { transform signingSecret } }";
+    let d = s.ok(&tok, q, json!({"id": dest})).await["destination"].clone();
+    assert_eq!(d["transform"], PAID_TEXT);
+    let secret = d["signingSecret"].as_str().unwrap().to_string();
+    let ev = publish(&s, &tok, "order.paid", json!({"amount": 150})).await;
+    let got = rx.wait_for(1, T).await;
+    let body = std::str::from_utf8(&got[0].body).unwrap();
+    assert_eq!(
+        body,
+        format!(r#"{{"text":"Paid: 150","event":"{ev}","kind":"order.paid"}}"#)
+    );
+    // The signature covers the body actually sent.
+    standardwebhooks::Webhook::new(&secret)
+        .unwrap()
+        .verify(&got[0].body, &got[0].headers)
+        .expect("the transformed body verifies");
+    assert_eq!(got[0].header("webhook-id").as_deref(), Some(ev.as_str()));
+    // Removing the transform brings the envelope back.
+    s.ok(
+        &tok,
+        "mutation($id: ID!) { updateDestination(id: $id, input: {transform: null}) { transform } }",
+        json!({"id": dest}),
+    )
+    .await;
+    publish(&s, &tok, "order.paid", json!({"amount": 7})).await;
+    let got = rx.wait_for(2, T).await;
+    assert_eq!(got[1].json()["data"], json!({"amount": 7}));
+});
+
+both!(
+    transform_failure_fails_only_that_delivery,
+    |backend| async move {
+        let s = Server::start(backend).await;
+        let tok = token("t1", "read write publish");
+        let rx = Receiver::start().await;
+        let program =
+            r#"if .data.amount then {amount: .data.amount} else error("amount missing") end"#;
+        let dest = create_destination(
+            &s,
+            &tok,
+            json!({"url": rx.url(), "transform": program, "maxAttempts": 1}),
+        )
+        .await;
+        let bad = publish(&s, &tok, "order.paid", json!({"currency": "EUR"})).await;
+        let good = publish(&s, &tok, "order.paid", json!({"amount": 3})).await;
+        let got = rx.wait_for(1, T).await;
+        assert_eq!(got[0].header("webhook-id").as_deref(), Some(good.as_str()));
+        assert_eq!(
+            std::str::from_utf8(&got[0].body).unwrap(),
+            r#"{"amount":3}"#
+        );
+        let ds = wait_deliveries(&s, &tok, &dest, 2, T, |d| {
+            d["status"] == "SUCCEEDED" || d["status"] == "FAILED"
+        })
+        .await;
+        let failed: Vec<&Value> = ds.iter().filter(|d| d["eventId"] == bad.as_str()).collect();
+        assert_eq!(failed.len(), 1, "{ds:#?}");
+        let f = failed[0];
+        assert_eq!(f["status"], "FAILED", "{f:#}");
+        let last_error = f["lastError"].as_str().unwrap_or_default();
+        assert!(last_error.contains("amount missing"), "{f:#}");
+        assert_eq!(f["attempts"][0]["errorKind"], "TRANSFORM", "{f:#}");
+        assert!(
+            f["attempts"][0]["errorMessage"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("transform failed: "),
+            "{f:#}"
+        );
+        // Nothing was sent for it.
+        assert_eq!(rx.count(), 1);
+        // The dispatcher carries on.
+        publish(&s, &tok, "order.paid", json!({"amount": 4})).await;
+        rx.wait_for(2, T).await;
+    }
+);
+
+both!(transform_is_validated, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write");
+    let update = "mutation($id: ID!, $input: UpdateDestinationInput!) {
+      updateDestination(id: $id, input: $input) { version transform batchSize } }";
+    let (code, e) = s
+        .err_code(
+            Some(&tok),
+            CREATE_DEST,
+            json!({"input": {"name": "x", "url": "http://127.0.0.1:9/", "transform": "{text: }"}}),
+        )
+        .await;
+    assert_eq!(code, "BAD_USER_INPUT", "{e}");
+    assert_eq!(e["extensions"]["field"], "transform", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("line 1, column"),
+        "{e}"
+    );
+    // A transform builds one event's body, so it does not combine with batches.
+    let (code, e) = s
+        .err_code(
+            Some(&tok),
+            CREATE_DEST,
+            json!({"input": {"name": "x", "url": "http://127.0.0.1:9/", "transform": ".data",
+                   "batchSize": 10}}),
+        )
+        .await;
+    assert_eq!(code, "BAD_USER_INPUT", "{e}");
+    assert_eq!(e["extensions"]["field"], "batchSize", "{e}");
+    let dest = create_destination(
+        &s,
+        &tok,
+        json!({"url": "http://127.0.0.1:9/", "batchSize": 5}),
+    )
+    .await;
+    let (code, e) = s
+        .err_code(
+            Some(&tok),
+            update,
+            json!({"id": dest, "input": {"transform": ".data"}}),
+        )
+        .await;
+    assert_eq!(code, "BAD_USER_INPUT", "{e}");
+    assert_eq!(e["extensions"]["field"], "transform", "{e}");
+    // Nothing was written by the refusals.
+    let q = "query { destinations(first: 10) { nodes { name version transform } } }";
+    let all = s.ok(&tok, q, json!({})).await["destinations"]["nodes"].clone();
+    assert_eq!(all.as_array().map(Vec::len), Some(1), "{all:#}");
+    assert_eq!(all[0]["version"], 1, "{all:#}");
+    assert!(all[0]["transform"].is_null(), "{all:#}");
+    // Together in one update (batchSize back to 1) is fine.
+    let r = s
+        .ok(
+            &tok,
+            update,
+            json!({"id": dest, "input": {"transform": ".data", "batchSize": 1}}),
+        )
+        .await;
+    assert_eq!(r["updateDestination"]["transform"], ".data");
+});
