@@ -71,6 +71,21 @@ impl Rule {
         payload: impl FnOnce() -> Option<serde_json::Value>,
         input: impl FnOnce() -> jaq_json::Val,
     ) -> bool {
+        self.verdict(event_type, level, payload, input).is_ok()
+    }
+
+    /// Like [`Rule::accepts`], saying which check refused the event.
+    pub fn verdict(
+        &self,
+        event_type: &str,
+        level: Level,
+        payload: impl FnOnce() -> Option<serde_json::Value>,
+        input: impl FnOnce() -> jaq_json::Val,
+    ) -> Result<(), Refusal> {
+        // The level test is cheap, so it goes first.
+        if level < self.min_level {
+            return Err(Refusal::Level);
+        }
         if !matching::subscription_accepts(
             &self.patterns,
             self.policy,
@@ -78,18 +93,38 @@ impl Rule {
             event_type,
             level,
         ) {
-            return false;
+            return Err(Refusal::EventType);
         }
-        let payload_ok = match &self.payload_filter {
-            None => true,
-            Some(f) => payload().is_some_and(|p| matching::payload_filter_accepts(Some(f), &p)),
-        };
-        payload_ok
-            && match &self.filter {
-                None => true,
-                Some(Ok(f)) => f.accepts(input()),
-                Some(Err(())) => false,
-            }
+        if let Some(f) = &self.payload_filter
+            && !payload().is_some_and(|p| matching::payload_filter_accepts(Some(f), &p))
+        {
+            return Err(Refusal::PayloadFilter);
+        }
+        match &self.filter {
+            Some(Ok(f)) if !f.accepts(input()) => Err(Refusal::Filter),
+            Some(Err(())) => Err(Refusal::Filter),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Which check of a subscription refused an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Level,
+    EventType,
+    PayloadFilter,
+    Filter,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Level => "the event's level is below minLevel",
+            Refusal::EventType => "the event type is not subscribed",
+            Refusal::PayloadFilter => "payloadFilter does not match",
+            Refusal::Filter => "filter did not output true",
+        }
     }
 }
 

@@ -355,3 +355,165 @@ both!(transform_is_validated, |backend| async move {
         .await;
     assert_eq!(r["updateDestination"]["transform"], ".data");
 });
+
+const PREVIEW: &str = "query($id: ID!, $event: PreviewEventInput!) {
+  previewDelivery(destinationId: $id, event: $event) {
+    matched reason url headers { name value } body signature } }";
+
+both!(preview_shows_the_exact_request, |backend| async move {
+    let s = Server::start(backend).await;
+    let tok = token("t1", "read write publish");
+    let rx = Receiver::start().await;
+    let dest = create_destination(
+        &s,
+        &tok,
+        json!({"url": rx.url(), "eventTypes": ["order.*"], "transform": PAID_TEXT,
+               "headers": [{"name": "X-Api-Key", "value": "key-sekrit-1"}],
+               "httpAuth": {"bearer": {"token": "bearer-sekrit-2"}}}),
+    )
+    .await;
+    let sub = only_subscription(&s, &tok, &dest).await;
+    s.ok(
+        &tok,
+        UPDATE_SUB,
+        json!({"id": sub, "input": {"filter": PAID}}),
+    )
+    .await;
+    let secret = destination_state(&s, &tok, &dest).await["signingSecret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let preview = |event: Value| {
+        let s = &s;
+        let tok = &tok;
+        let dest = &dest;
+        async move {
+            s.ok(tok, PREVIEW, json!({"id": dest, "event": event}))
+                .await["previewDelivery"]
+                .clone()
+        }
+    };
+
+    let p =
+        preview(json!({"type": "order.paid", "payload": {"amount": 150, "currency": "EUR"}})).await;
+    assert_eq!(p["matched"], true, "{p:#}");
+    assert!(p["reason"].as_str().unwrap().contains(&sub), "{p:#}");
+    assert_eq!(p["url"], rx.url());
+    let body: Value = serde_json::from_str(p["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["text"], "Paid: 150");
+    assert_eq!(body["kind"], "order.paid");
+    // Secrets are masked; nothing of them is anywhere in the answer.
+    let text = p.to_string();
+    assert!(!text.contains("sekrit"), "{p:#}");
+    let header = |name: &str| {
+        p["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == name)
+            .map(|h| h["value"].as_str().unwrap().to_string())
+    };
+    assert_eq!(header("x-api-key").as_deref(), Some("***"));
+    assert_eq!(header("authorization").as_deref(), Some("Bearer ***"));
+    assert_eq!(header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        header("webhook-signature"),
+        p["signature"].as_str().map(String::from)
+    );
+    // The signature is the one a receiver checks, over this very body.
+    let mut hm = axum::http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        hm.insert(name, header(name).unwrap().parse().unwrap());
+    }
+    standardwebhooks::Webhook::new(&secret)
+        .unwrap()
+        .verify(p["body"].as_str().unwrap().as_bytes(), &hm)
+        .expect("the previewed signature verifies");
+
+    // Refusals say which check refused.
+    let p =
+        preview(json!({"type": "order.paid", "payload": {"amount": 5, "currency": "EUR"}})).await;
+    assert_eq!(p["matched"], false, "{p:#}");
+    assert!(
+        p["reason"]
+            .as_str()
+            .unwrap()
+            .contains("filter did not output true"),
+        "{p:#}"
+    );
+    let p = preview(json!({"type": "user.created", "payload": {}, "level": "ERROR"})).await;
+    assert_eq!(p["matched"], false, "{p:#}");
+    assert!(
+        p["reason"]
+            .as_str()
+            .unwrap()
+            .contains("event type is not subscribed"),
+        "{p:#}"
+    );
+    // A transform failing on the event: no body, and the reason says why.
+    s.ok(
+        &tok,
+        "mutation($id: ID!) { updateDestination(id: $id, input: {transform: \"error(\\\"boom\\\")\"}) { id } }",
+        json!({"id": dest}),
+    )
+    .await;
+    let p =
+        preview(json!({"type": "order.paid", "payload": {"amount": 150, "currency": "EUR"}})).await;
+    assert!(p["body"].is_null(), "{p:#}");
+    assert!(p["reason"].as_str().unwrap().contains("boom"), "{p:#}");
+
+    // Scope and tenancy.
+    let read_only = token("t1", "read");
+    let (code, _) = s
+        .err_code(
+            Some(&read_only),
+            PREVIEW,
+            json!({"id": dest, "event": {"type": "a", "payload": 1}}),
+        )
+        .await;
+    assert_eq!(code, "FORBIDDEN");
+    let other = token("t2", "read write");
+    let (code, _) = s
+        .err_code(
+            Some(&other),
+            PREVIEW,
+            json!({"id": dest, "event": {"type": "a", "payload": 1}}),
+        )
+        .await;
+    assert_eq!(code, "NOT_FOUND");
+    let (code, e) = s
+        .err_code(
+            Some(&tok),
+            PREVIEW,
+            json!({"id": dest, "event": {"type": "", "payload": 1}}),
+        )
+        .await;
+    assert_eq!(code, "BAD_USER_INPUT", "{e}");
+
+    // Nothing was sent or stored: the first delivery and request are a real publish's.
+    assert!(deliveries_of(&s, &tok, &dest).await.is_empty());
+    s.ok(
+        &tok,
+        "mutation($id: ID!) { updateDestination(id: $id, input: {transform: null}) { id } }",
+        json!({"id": dest}),
+    )
+    .await;
+    let ev = publish(
+        &s,
+        &tok,
+        "order.paid",
+        json!({"amount": 150, "currency": "EUR"}),
+    )
+    .await;
+    let got = rx.wait_for(1, T).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("webhook-id").as_deref(), Some(ev.as_str()));
+    let events = s
+        .ok(
+            &tok,
+            "query { events(first: 10) { totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(events["events"]["totalCount"], 1, "{events:#}");
+});
