@@ -64,15 +64,21 @@ pub fn compile(code: &str) -> Result<Program, String> {
             match e {
                 jaq_core::load::Error::Io(_) => "imports are not supported".to_string(),
                 jaq_core::load::Error::Lex(es) => match es.first() {
-                    Some((expect, at)) => {
-                        syntax(code, at, &format!("expected {}", expect.as_str()))
-                    }
+                    Some((expect, at)) => locate(
+                        "syntax error",
+                        code,
+                        at,
+                        &format!("expected {}", expect.as_str()),
+                    ),
                     None => "cannot be parsed".to_string(),
                 },
                 jaq_core::load::Error::Parse(es) => match es.first() {
-                    Some((expect, at)) => {
-                        syntax(code, at, &format!("expected {}", expect.as_str()))
-                    }
+                    Some((expect, at)) => locate(
+                        "syntax error",
+                        code,
+                        at,
+                        &format!("expected {}", expect.as_str()),
+                    ),
                     None => "cannot be parsed".to_string(),
                 },
             }
@@ -86,7 +92,8 @@ pub fn compile(code: &str) -> Result<Program, String> {
                 .next()
                 .and_then(|(_, es)| es.into_iter().next());
             match first {
-                Some((name, undefined)) => syntax(
+                Some((name, undefined)) => locate(
+                    "error",
                     code,
                     name,
                     &format!("undefined {} {name:?}", undefined.as_str()),
@@ -107,8 +114,8 @@ pub fn compile_stored(code: &str) -> Compiled {
         .map_err(|e| format!("the stored program no longer compiles: {e}"))
 }
 
-/// `"syntax error at line L, column C: what"`, locating `at` (a slice of `code`).
-fn syntax(code: &str, at: &str, what: &str) -> String {
+/// `"<kind> at line L, column C (at …): what"`, locating `at` (a slice of `code`).
+fn locate(kind: &str, code: &str, at: &str, what: &str) -> String {
     let offset = (at.as_ptr() as usize)
         .checked_sub(code.as_ptr() as usize)
         .filter(|o| *o <= code.len())
@@ -121,7 +128,7 @@ fn syntax(code: &str, at: &str, what: &str) -> String {
     } else {
         format!("{:?}", at.chars().take(20).collect::<String>())
     };
-    format!("syntax error at line {line}, column {column} (at {found}): {what}")
+    format!("{kind} at line {line}, column {column} (at {found}): {what}")
 }
 
 /// The input programs see: `{id, type, level, createdAt, data}` with `data` the payload and
