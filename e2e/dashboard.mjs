@@ -300,6 +300,9 @@ try {
   await page.getByRole('button', { name: 'Save changes' }).click();
   await page.locator('[data-field="timeoutMs"] .field-error', { hasText: '60000' }).waitFor();
   await a11y(page, 'edit form');
+  await page.getByRole('button', { name: 'Preview', exact: true }).click();
+  await page.locator('#preview-result pre', { hasText: 'webhook-signature: v1,' }).waitFor();
+  log('preview shows the signed request');
   await page.getByLabel('Timeout (ms)').fill('8000');
   await page.getByLabel('Description').fill('Order events for the fulfilment service (EU).');
   await page.getByRole('button', { name: 'Save changes' }).click();

@@ -14,6 +14,7 @@
 //! - [`ws`]: the WebSocket endpoint (graphql-transport-ws and legacy graphql-ws).
 //! - [`metrics`]: the Prometheus recorder and `/metrics`.
 //! - [`error`]: the one error type and its client-facing codes.
+//! - [`jq`]: compiled jq programs for subscription filters and destination transforms.
 
 pub mod auth;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod dispatch;
 pub mod doctor;
 pub mod error;
 pub mod graphql;
+pub mod jq;
 pub mod live;
 pub mod metrics;
 pub mod ratelimit;

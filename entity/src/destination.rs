@@ -31,6 +31,9 @@ pub struct Model {
     pub timeout_ms: i32,
     /// ENVELOPE, RAW
     pub payload_format: String,
+    /// jq program over `{id type level createdAt data}`; its output is the request body.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub transform: Option<String>,
     pub batch_size: i32,
     pub batch_window_ms: i32,
     pub rate_limit_per_sec: Option<i32>,

@@ -19,6 +19,9 @@ pub struct Model {
     /// JSON text.
     #[sea_orm(column_type = "Text", nullable)]
     pub payload_filter: Option<String>,
+    /// jq program over `{id type level createdAt data}`; the event passes when it yields `true`.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub filter: Option<String>,
     pub enabled: bool,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

@@ -25,6 +25,7 @@ mod m20261125_000005_id_keyed_indexes;
 mod m20261207_000006_queued_index;
 mod m20261207_000007_parked_mark;
 mod m20261208_000008_key_check;
+mod m20261208_000009_jq_programs;
 
 pub struct Migrator;
 
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000006_queued_index::Migration),
             Box::new(m20261207_000007_parked_mark::Migration),
             Box::new(m20261208_000008_key_check::Migration),
+            Box::new(m20261208_000009_jq_programs::Migration),
         ]
     }
 }

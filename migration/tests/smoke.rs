@@ -130,6 +130,7 @@ async fn destination_round_trip(db: &DatabaseConnection) {
         headers: "[]".into(),
         timeout_ms: 10_000,
         payload_format: "ENVELOPE".into(),
+        transform: Some(r#"{text: .data.name}"#.into()),
         batch_size: 1,
         batch_window_ms: 0,
         rate_limit_per_sec: Some(5),

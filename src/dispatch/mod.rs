@@ -17,6 +17,8 @@ pub mod sender;
 pub mod signing;
 mod store;
 pub use store::update_json_sql;
+mod preview;
+pub use preview::{Preview, preview_delivery};
 mod test_event;
 pub mod threads;
 mod unit;

@@ -80,7 +80,7 @@ pub fn batch_body(events: &[EventRef]) -> Vec<u8> {
     out
 }
 
-fn timestamp(at: DateTime<Utc>) -> String {
+pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::circuit::Health;
+use crate::jq;
 use crate::ratelimit::TokenBucket;
 
 #[derive(Clone, Debug)]
@@ -38,6 +39,8 @@ pub struct DestRuntime {
     pub waiting: std::sync::atomic::AtomicUsize,
     /// End of the current batching window, when the destination batches.
     pub batch_deadline: Mutex<Option<DateTime<Utc>>>,
+    /// The destination's transform, compiled once per row version.
+    pub transform: Option<jq::Compiled>,
 }
 
 impl DestRuntime {
@@ -63,6 +66,7 @@ impl DestRuntime {
             probe_done: tokio::sync::Notify::new(),
             waiting: Default::default(),
             batch_deadline: Mutex::new(None),
+            transform: d.transform.as_deref().map(jq::compile_stored),
         }
     }
 

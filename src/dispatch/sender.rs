@@ -15,6 +15,9 @@ use super::signing::{self, Secret, SigningScheme};
 use crate::config::EgressProxy;
 use crate::service::destinations::{HttpAuth, headers_of, http_auth_of};
 
+/// Sent with every request.
+pub const USER_AGENT: &str = concat!("hookline/", env!("CARGO_PKG_VERSION"));
+
 /// How much of a response body is kept.
 pub const MAX_RESPONSE_BODY: usize = 4096;
 
@@ -27,6 +30,8 @@ pub enum ErrorKind {
     HttpStatus,
     BlockedTarget,
     InvalidResponse,
+    /// The destination's transform failed on the event: no request was made.
+    Transform,
 }
 
 impl ErrorKind {
@@ -39,6 +44,7 @@ impl ErrorKind {
             ErrorKind::HttpStatus => "HTTP_STATUS",
             ErrorKind::BlockedTarget => "BLOCKED_TARGET",
             ErrorKind::InvalidResponse => "INVALID_RESPONSE",
+            ErrorKind::Transform => "TRANSFORM",
         }
     }
 }
@@ -63,7 +69,7 @@ impl Outcome {
         self.status == Some(410)
     }
 
-    fn failed(kind: ErrorKind, msg: impl Into<String>, started: Instant) -> Self {
+    pub fn failed(kind: ErrorKind, msg: impl Into<String>, started: Instant) -> Self {
         Outcome {
             status: None,
             body: None,
@@ -94,7 +100,7 @@ impl HttpSender {
     ) -> Result<Self, reqwest::Error> {
         let build = |verify: bool| {
             let builder = reqwest::Client::builder()
-                .user_agent(concat!("hookline/", env!("CARGO_PKG_VERSION")))
+                .user_agent(USER_AGENT)
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(Duration::from_secs(10))
                 .pool_idle_timeout(Duration::from_secs(60))
@@ -144,7 +150,7 @@ impl HttpSender {
             return Outcome::failed(kind, e.to_string(), started);
         }
         let headers = match request_headers(d, msg_id, &body) {
-            Ok(h) => h,
+            Ok((h, _)) => h,
             Err(e) => return Outcome::failed(ErrorKind::InvalidResponse, e, started),
         };
         let client = if d.tls_verify {
@@ -225,8 +231,13 @@ impl HttpSender {
     }
 }
 
-/// Content type, the destination's own headers and the signature headers.
-fn request_headers(d: &destination::Model, msg_id: &str, body: &[u8]) -> Result<HeaderMap, String> {
+/// Content type, the destination's own headers and the signature headers; also the signature
+/// itself (the value of the signature header).
+pub(crate) fn request_headers(
+    d: &destination::Model,
+    msg_id: &str,
+    body: &[u8],
+) -> Result<(HeaderMap, String), String> {
     let mut h = HeaderMap::new();
     h.insert(
         reqwest::header::CONTENT_TYPE,
@@ -258,12 +269,14 @@ fn request_headers(d: &destination::Model, msg_id: &str, body: &[u8]) -> Result<
         Utc::now().timestamp(),
         body,
     )?;
+    // `sign` puts the signature header last.
+    let signature = signed.last().map(|(_, v)| v.clone()).unwrap_or_default();
     for (name, value) in signed {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
         let value = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
         h.insert(name, value);
     }
-    Ok(h)
+    Ok((h, signature))
 }
 
 /// Maps a reqwest error to an error kind by walking its cause chain.

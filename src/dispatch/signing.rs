@@ -154,7 +154,7 @@ fn is_header_token(name: &str) -> bool {
 ///
 /// StandardWebhooks: `webhook-id`, `webhook-timestamp`, and `webhook-signature` carrying one
 /// space-separated `v1,<b64>` per secret. The HMAC schemes sign with the current secret only,
-/// since their receivers expect exactly one value.
+/// since their receivers expect exactly one value. The signature header comes last.
 pub fn sign(
     scheme: SigningScheme,
     header_name: Option<&str>,

@@ -5,6 +5,7 @@ use entity::{delivery, delivery_attempt, event};
 use uuid::Uuid;
 
 use super::claim::Claimed;
+use super::sender::{ErrorKind, Outcome};
 use super::unit::{build_body, settle};
 use super::writer::{Finished, WriterMsg};
 use crate::auth::Principal;
@@ -51,9 +52,12 @@ pub async fn send_test_event(
     let claimed = Claimed::of(&dl);
     let unit = vec![(claimed.clone(), Some(std::sync::Arc::new(ev)))];
     let request_id = new_id();
-    let (msg_id, body) = build_body(&d, &unit, request_id);
+    let transform = d.transform.as_deref().map(crate::jq::compile_stored);
     let started_at = now();
-    let outcome = st.sender.send(&d, &msg_id, body).await;
+    let outcome = match build_body(&d, transform.as_ref(), &unit, request_id) {
+        Ok((msg_id, body)) => st.sender.send(&d, &msg_id, body).await,
+        Err(reason) => Outcome::failed(ErrorKind::Transform, reason, std::time::Instant::now()),
+    };
     let (update, attempt) = settle(&d, &claimed, &outcome, request_id, started_at, now());
     let event = unit.into_iter().next().and_then(|(_, e)| e);
     st.writer.send(WriterMsg::Attempt(Box::new(Finished {

@@ -13,8 +13,9 @@ use super::claim::Claimed;
 use super::payload::{self, EventRef, PayloadFormat};
 use super::retry;
 use super::runtime::{DestRuntime, HealthState};
-use super::sender::Outcome;
+use super::sender::{ErrorKind, Outcome};
 use super::writer::{DeliveryUpdate, Finished, HealthUpdate, WriterMsg};
+use crate::jq;
 use crate::service::destinations::retry_schedule_of;
 use crate::service::{new_id, now};
 
@@ -247,8 +248,8 @@ async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, un
         Ok(probe) => probe,
     };
     let request_id = new_id();
-    let (msg_id, body) = build_body(d, &unit, request_id);
     let started_at = now();
+    let built = build_body(d, rt.transform.as_ref(), &unit, request_id);
     metrics::gauge!("hookline_in_flight").increment(1.0);
     // One span per attempt, carrying the ids an operator greps for.
     let span = tracing::info_span!(
@@ -259,8 +260,12 @@ async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, un
         batch = n,
         request = %request_id,
     );
-    let outcome =
-        tracing::Instrument::instrument(st.sender.send(d, &msg_id, body), span.clone()).await;
+    let outcome = match built {
+        Ok((msg_id, body)) => {
+            tracing::Instrument::instrument(st.sender.send(d, &msg_id, body), span.clone()).await
+        }
+        Err(reason) => Outcome::failed(ErrorKind::Transform, reason, std::time::Instant::now()),
+    };
     span.in_scope(|| match &outcome.error {
         None => tracing::debug!(status = ?outcome.status, ms = outcome.duration.as_millis() as u64, "delivered"),
         Some((kind, msg)) => tracing::info!(kind = kind.as_str(), error = %msg, "attempt failed"),
@@ -297,13 +302,15 @@ async fn send_unit(engine: &Engine, rt: &DestRuntime, d: &destination::Model, un
     engine.done(rt, n, bytes);
 }
 
-/// The message id and body of one request: a single event in the destination's format, or a
-/// batch envelope (whose id is the request id) for batching destinations.
-pub(super) fn build_body(
+/// The message id and body of one request: a single event in the destination's format (or
+/// the transform's output, when the destination has one), or a batch envelope (whose id is
+/// the request id) for batching destinations. Err is why the transform produced no body.
+pub(crate) fn build_body(
     d: &destination::Model,
+    transform: Option<&jq::Compiled>,
     unit: &[Item],
     request_id: Uuid,
-) -> (String, Vec<u8>) {
+) -> Result<(String, Vec<u8>), String> {
     let events: Vec<&event::Model> = unit.iter().filter_map(|(_, ev)| ev.as_deref()).collect();
     let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
     let refs: Vec<EventRef> = events
@@ -319,10 +326,19 @@ pub(super) fn build_body(
         .collect();
     match refs.first() {
         Some(single) if d.batch_size <= 1 => {
-            let format = PayloadFormat::parse(&d.payload_format).unwrap_or(PayloadFormat::Envelope);
-            (ids[0].clone(), payload::single_body(format, single))
+            let body = match transform {
+                Some(Ok(program)) => program.transform(jq::event_input(single))?,
+                Some(Err(reason)) => return Err(reason.clone()),
+                None => {
+                    let format =
+                        PayloadFormat::parse(&d.payload_format).unwrap_or(PayloadFormat::Envelope);
+                    payload::single_body(format, single)
+                }
+            };
+            Ok((ids[0].clone(), body))
         }
-        _ => (request_id.to_string(), payload::batch_body(&refs)),
+        // A transform never meets a batch: the settings refuse the combination.
+        _ => Ok((request_id.to_string(), payload::batch_body(&refs))),
     }
 }
 

@@ -64,6 +64,8 @@ pub enum AttemptErrorKind {
     HttpStatus,
     BlockedTarget,
     InvalidResponse,
+    /// The destination's transform failed on this event; nothing was sent.
+    Transform,
 }
 
 impl AttemptErrorKind {
@@ -76,6 +78,7 @@ impl AttemptErrorKind {
             "HTTP_STATUS" => Self::HttpStatus,
             "BLOCKED_TARGET" => Self::BlockedTarget,
             "INVALID_RESPONSE" => Self::InvalidResponse,
+            "TRANSFORM" => Self::Transform,
             _ => return None,
         })
     }

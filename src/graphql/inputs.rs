@@ -69,6 +69,9 @@ pub struct CreateDestinationInput {
     /// 1 000–60 000, default 10 000.
     pub timeout_ms: Option<i32>,
     pub payload_format: Option<PayloadFormat>,
+    /// jq program over `{id type level createdAt data}`; its first output is the request
+    /// body (signed as sent). Needs `batchSize` 1.
+    pub transform: Option<String>,
     pub batch_size: Option<i32>,
     pub batch_window_ms: Option<i32>,
     pub rate_limit_per_sec: Option<i32>,
@@ -97,6 +100,7 @@ impl CreateDestinationInput {
             headers: self.headers.map(headers),
             timeout_ms: self.timeout_ms,
             payload_format: self.payload_format.map(Into::into),
+            transform: self.transform.map(Some),
             batch_size: self.batch_size,
             batch_window_ms: self.batch_window_ms,
             rate_limit_per_sec: self.rate_limit_per_sec.map(Some),
@@ -133,6 +137,8 @@ pub struct UpdateDestinationInput {
     pub headers: Option<Vec<HeaderInput>>,
     pub timeout_ms: Option<i32>,
     pub payload_format: Option<PayloadFormat>,
+    /// jq program whose first output is the body; `null` removes it.
+    pub transform: MaybeUndefined<String>,
     pub batch_size: Option<i32>,
     pub batch_window_ms: Option<i32>,
     pub rate_limit_per_sec: MaybeUndefined<i32>,
@@ -179,6 +185,7 @@ impl UpdateDestinationInput {
             headers: self.headers.map(headers),
             timeout_ms: self.timeout_ms,
             payload_format: self.payload_format.map(Into::into),
+            transform: maybe(self.transform, |v| v),
             batch_size: self.batch_size,
             batch_window_ms: self.batch_window_ms,
             rate_limit_per_sec: maybe(self.rate_limit_per_sec, |v| v),
@@ -225,6 +232,9 @@ pub struct CreateEventSubscriptionInput {
     pub events_policy: Option<EventsPolicy>,
     pub min_level: Option<Level>,
     pub payload_filter: Option<async_graphql::Json<serde_json::Value>>,
+    /// jq program over `{id type level createdAt data}`; the event is delivered only when
+    /// its first output is `true`.
+    pub filter: Option<String>,
     pub enabled: Option<bool>,
 }
 
@@ -235,6 +245,7 @@ impl CreateEventSubscriptionInput {
             events_policy: self.events_policy.map(Into::into),
             min_level: self.min_level.map(Into::into),
             payload_filter: self.payload_filter.map(|j| Some(j.0)),
+            filter: self.filter.map(Some),
             enabled: self.enabled,
         }
     }
@@ -246,6 +257,8 @@ pub struct UpdateEventSubscriptionInput {
     pub events_policy: Option<EventsPolicy>,
     pub min_level: Option<Level>,
     pub payload_filter: MaybeUndefined<async_graphql::Json<serde_json::Value>>,
+    /// jq filter; `null` removes it.
+    pub filter: MaybeUndefined<String>,
     pub enabled: Option<bool>,
 }
 
@@ -256,6 +269,7 @@ impl From<UpdateEventSubscriptionInput> for SubscriptionPatch {
             events_policy: v.events_policy.map(Into::into),
             min_level: v.min_level.map(Into::into),
             payload_filter: maybe(v.payload_filter, |j| j.0),
+            filter: maybe(v.filter, |f| f),
             enabled: v.enabled,
         }
     }

@@ -8,6 +8,7 @@ mod inputs;
 pub mod limits;
 mod loaders;
 mod mutation;
+mod preview;
 mod query;
 mod subscription;
 mod types;

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use super::connection::{self, Conn, CountQuery};
 use super::delivery_types::{Delivery, Event, MetricsBucket, MetricsPoint, delivery_connection};
 use super::inputs::{DeliveryFilter, DestinationFilter, EventFilter};
+use super::preview::{DeliveryPreview, PreviewEventInput};
 use super::types::{Destination, EventSubscription, Viewer};
 use super::{parse_id, principal, require, state};
 use crate::auth::Scope;
@@ -26,6 +27,25 @@ impl Query {
             subject: p.subject.clone(),
             scopes: p.scopes.names().into_iter().map(String::from).collect(),
         })
+    }
+
+    /// What the destination would do with this event: whether a subscription lets it
+    /// through (and which, or why not) and the exact request (URL, headers with secrets
+    /// masked, body after the transform, signature). Sends and stores nothing. Needs the
+    /// `write` scope, since it shows the signed request.
+    async fn preview_delivery(
+        &self,
+        ctx: &Context<'_>,
+        destination_id: ID,
+        event: PreviewEventInput,
+    ) -> Result<DeliveryPreview> {
+        let p = require(ctx, Scope::Write)?;
+        let id = parse_id("destinationId", &destination_id)?;
+        let st = state(ctx)?;
+        let ev = event.into_event()?;
+        Ok(crate::dispatch::preview_delivery(st, p, id, ev)
+            .await?
+            .into())
     }
 
     /// Null when no such destination exists in your tenant.

@@ -158,6 +158,10 @@ impl Destination {
     async fn payload_format(&self) -> PayloadFormat {
         PayloadFormat::from_stored(&self.0.payload_format)
     }
+    /// jq program whose first output is the request body, if any.
+    async fn transform(&self) -> Option<&str> {
+        self.0.transform.as_deref()
+    }
     async fn batch_size(&self) -> i32 {
         self.0.batch_size
     }
@@ -296,6 +300,10 @@ impl EventSubscription {
             .as_deref()
             .and_then(|s| serde_json::from_str(s).ok())
             .map(async_graphql::Json)
+    }
+    /// jq program over `{id type level createdAt data}`; `true` delivers.
+    async fn filter(&self) -> Option<&str> {
+        self.0.filter.as_deref()
     }
     async fn enabled(&self) -> bool {
         self.0.enabled

@@ -68,6 +68,8 @@ pub struct DestinationPatch {
     pub headers: Option<Vec<Header>>,
     pub timeout_ms: Option<i32>,
     pub payload_format: Option<PayloadFormat>,
+    /// jq program whose output is the body; `Some(None)` removes it.
+    pub transform: Option<Option<String>>,
     pub batch_size: Option<i32>,
     pub batch_window_ms: Option<i32>,
     pub rate_limit_per_sec: Option<Option<i32>>,
@@ -132,6 +134,7 @@ pub(super) fn defaults(p: &Principal, name: String, url: String) -> destination:
         headers: "[]".into(),
         timeout_ms: DEFAULT_TIMEOUT_MS,
         payload_format: PayloadFormat::Envelope.as_str().to_string(),
+        transform: None,
         batch_size: 1,
         batch_window_ms: 0,
         rate_limit_per_sec: None,
@@ -163,6 +166,7 @@ pub(crate) fn json<T: Serialize + ?Sized>(v: &T) -> String {
 /// Validates every present field of `patch` and writes it into `m`. Secrets are checked
 /// against the scheme that will be in force after the patch.
 pub(super) fn apply(m: &mut destination::Model, patch: DestinationPatch) -> Result<(), FieldError> {
+    let patch_sets_batch = patch.batch_size.is_some();
     if let Some(name) = patch.name {
         validate::name(&name)?;
         m.name = name;
@@ -264,9 +268,28 @@ pub(super) fn apply(m: &mut destination::Model, patch: DestinationPatch) -> Resu
     if let Some(v) = patch.payload_format {
         m.payload_format = v.as_str().into();
     }
+    if let Some(v) = patch.transform {
+        if let Some(code) = &v {
+            crate::jq::compile(code).map_err(|e| FieldError::new("transform", e))?;
+        }
+        m.transform = v;
+    }
     if let Some(v) = patch.batch_size {
         validate::batch_size(v)?;
         m.batch_size = v;
+    }
+    // A transform builds one event's body; a batch body holds many events, so the two do
+    // not combine (the field named is the one this patch set, else `transform`).
+    if m.transform.is_some() && m.batch_size > 1 {
+        let field = if patch_sets_batch {
+            "batchSize"
+        } else {
+            "transform"
+        };
+        return Err(FieldError::new(
+            field,
+            "a destination with a transform sends one event per request; batchSize must be 1",
+        ));
     }
     if let Some(v) = patch.batch_window_ms {
         validate::batch_window_ms(v)?;

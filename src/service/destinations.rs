@@ -125,7 +125,7 @@ pub async fn create(
         first.event_types.unwrap_or_else(|| vec!["*".into()]),
         first.events_policy.unwrap_or(EventsPolicy::Include),
         first.min_level.unwrap_or(Level::Debug),
-        None,
+        subscriptions::Filters::default(),
         true,
     )?;
     let live_count = live(&p.tenant).count(db).await?;

@@ -394,19 +394,30 @@ fn plan(tenant: &str, ev: &NewEvent, rules: &[Rule], t: DateTime<Utc>) -> Plan {
         idempotency_key: ev.idempotency_key.clone(),
         created_at: t,
     };
-    // The payload is parsed only if some rule filters on it, and then only once.
+    // The payload is parsed only if some rule filters on it, and then only once; likewise
+    // the input of jq filters.
     let mut parsed: Option<Option<serde_json::Value>> = None;
+    let mut jq_input: Option<jaq_json::Val> = None;
     let mut seen: Vec<Uuid> = Vec::new();
     let mut deliveries = Vec::new();
     for rule in rules {
         if seen.contains(&rule.destination_id) {
             continue;
         }
-        let accepts = rule.accepts(&ev.event_type, ev.level, || {
-            parsed
-                .get_or_insert_with(|| serde_json::from_str(&ev.payload).ok())
-                .clone()
-        });
+        let accepts = rule.accepts(
+            &ev.event_type,
+            ev.level,
+            || {
+                parsed
+                    .get_or_insert_with(|| serde_json::from_str(&ev.payload).ok())
+                    .clone()
+            },
+            || {
+                jq_input
+                    .get_or_insert_with(|| crate::jq::event_of(&event))
+                    .clone()
+            },
+        );
         if accepts {
             seen.push(rule.destination_id);
             deliveries.push(new_delivery(&event, rule.destination_id, t));

@@ -1,5 +1,5 @@
 //! Event subscriptions: which events reach a destination (patterns, include/exclude, minimum
-//! level, optional payload filter).
+//! level, optional payload filter, optional jq filter).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use super::validate;
 use super::{destinations, new_id, now};
 use crate::auth::Principal;
 use crate::error::{AppError, AppResult};
+use crate::jq;
 
 /// At most this many subscriptions per destination.
 pub const MAX_PER_DESTINATION: u64 = 50;
@@ -27,6 +28,8 @@ pub struct SubscriptionPatch {
     pub min_level: Option<Level>,
     /// `Some(None)` removes the filter.
     pub payload_filter: Option<Option<serde_json::Value>>,
+    /// jq program; `Some(None)` removes it.
+    pub filter: Option<Option<String>>,
     pub enabled: Option<bool>,
 }
 
@@ -38,6 +41,10 @@ pub struct Rule {
     pub policy: EventsPolicy,
     pub min_level: Level,
     pub payload_filter: Option<serde_json::Value>,
+    /// Compiled once per rules load; `None` (no filter) costs nothing per event. A stored
+    /// filter that no longer compiles (a jaq upgrade) is `Err` and matches nothing rather
+    /// than everything.
+    pub filter: Option<Result<Arc<jq::Program>, ()>>,
 }
 
 impl Rule {
@@ -51,15 +58,34 @@ impl Rule {
                 .payload_filter
                 .as_deref()
                 .and_then(|s| serde_json::from_str(s).ok()),
+            filter: m.filter.as_deref().map(compile_stored_filter),
         }
     }
 
+    /// `payload` and `input` are asked for only when a payload filter or a jq filter needs
+    /// them, so the caller can build each once per event and only if some rule wants it.
     pub fn accepts(
         &self,
         event_type: &str,
         level: Level,
         payload: impl FnOnce() -> Option<serde_json::Value>,
+        input: impl FnOnce() -> jaq_json::Val,
     ) -> bool {
+        self.verdict(event_type, level, payload, input).is_ok()
+    }
+
+    /// Like [`Rule::accepts`], saying which check refused the event.
+    pub fn verdict(
+        &self,
+        event_type: &str,
+        level: Level,
+        payload: impl FnOnce() -> Option<serde_json::Value>,
+        input: impl FnOnce() -> jaq_json::Val,
+    ) -> Result<(), Refusal> {
+        // The level test is cheap, so it goes first.
+        if level < self.min_level {
+            return Err(Refusal::Level);
+        }
         if !matching::subscription_accepts(
             &self.patterns,
             self.policy,
@@ -67,13 +93,52 @@ impl Rule {
             event_type,
             level,
         ) {
-            return false;
+            return Err(Refusal::EventType);
         }
-        match &self.payload_filter {
-            None => true,
-            Some(f) => payload().is_some_and(|p| matching::payload_filter_accepts(Some(f), &p)),
+        if let Some(f) = &self.payload_filter
+            && !payload().is_some_and(|p| matching::payload_filter_accepts(Some(f), &p))
+        {
+            return Err(Refusal::PayloadFilter);
+        }
+        match &self.filter {
+            Some(Ok(f)) if !f.accepts(input()) => Err(Refusal::Filter),
+            Some(Err(())) => Err(Refusal::Filter),
+            _ => Ok(()),
         }
     }
+}
+
+/// Which check of a subscription refused an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Level,
+    EventType,
+    PayloadFilter,
+    Filter,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Level => "the event's level is below minLevel",
+            Refusal::EventType => "the event type is not subscribed",
+            Refusal::PayloadFilter => "payloadFilter does not match",
+            Refusal::Filter => "filter did not output true",
+        }
+    }
+}
+
+fn compile_stored_filter(code: &str) -> Result<Arc<jq::Program>, ()> {
+    jq::compile_stored(code).map_err(|e| {
+        tracing::warn!(error = %e, "subscription filter matches nothing");
+    })
+}
+
+/// Compiles a filter before it is stored: a syntax error is `BAD_USER_INPUT` on `filter`.
+pub fn check_jq_filter(code: &str) -> AppResult<()> {
+    jq::compile(code)
+        .map(|_| ())
+        .map_err(|m| AppError::bad_input("filter", m))
 }
 
 pub fn patterns_of(m: &subscription::Model) -> Vec<String> {
@@ -84,6 +149,13 @@ fn check_filter(f: &serde_json::Value) -> AppResult<()> {
     matching::validate_payload_filter(f).map_err(|m| AppError::bad_input("payloadFilter", m))
 }
 
+/// A new subscription's optional filters: the payload's equality paths and a jq program.
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    pub payload_filter: Option<serde_json::Value>,
+    pub filter: Option<String>,
+}
+
 /// Builds (and validates) a new subscription row without writing it.
 pub fn new_model(
     p: &Principal,
@@ -91,12 +163,19 @@ pub fn new_model(
     event_types: Vec<String>,
     policy: EventsPolicy,
     min_level: Level,
-    payload_filter: Option<serde_json::Value>,
+    filters: Filters,
     enabled: bool,
 ) -> AppResult<subscription::Model> {
+    let Filters {
+        payload_filter,
+        filter,
+    } = filters;
     validate::event_type_patterns(&event_types)?;
     if let Some(f) = &payload_filter {
         check_filter(f)?;
+    }
+    if let Some(f) = &filter {
+        check_jq_filter(f)?;
     }
     let t = now();
     Ok(subscription::Model {
@@ -108,6 +187,7 @@ pub fn new_model(
         events_policy: policy.as_str().into(),
         min_level: min_level.as_str().into(),
         payload_filter: payload_filter.map(|f| f.to_string()),
+        filter,
         enabled,
         created_at: t,
         updated_at: t,
@@ -153,7 +233,10 @@ pub async fn create<C: ConnectionTrait>(
             .ok_or_else(|| AppError::bad_input("eventTypes", "is required"))?,
         patch.events_policy.unwrap_or(EventsPolicy::Include),
         patch.min_level.unwrap_or(Level::Debug),
-        patch.payload_filter.flatten(),
+        Filters {
+            payload_filter: patch.payload_filter.flatten(),
+            filter: patch.filter.flatten(),
+        },
         patch.enabled.unwrap_or(true),
     )?;
     Ok(subscription::ActiveModel::from(m).insert(db).await?)
@@ -199,6 +282,12 @@ pub async fn update<C: ConnectionTrait>(
             check_filter(f)?;
         }
         m.payload_filter = f.map(|f| f.to_string());
+    }
+    if let Some(f) = patch.filter {
+        if let Some(f) = &f {
+            check_jq_filter(f)?;
+        }
+        m.filter = f;
     }
     if let Some(v) = patch.enabled {
         m.enabled = v;

@@ -16,6 +16,7 @@ mod faults;
 mod fuzz;
 mod harness;
 mod indexes;
+mod jq;
 mod keys;
 mod limits;
 mod live_backpressure;

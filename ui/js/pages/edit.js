@@ -8,11 +8,13 @@ import {
 } from '../form.js';
 
 const FIELDS = `id name displayName description url enabled version signingScheme signatureHeader httpAuth
-  headers { name } timeoutMs payloadFormat batchSize batchWindowMs rateLimitPerSec maxInFlight
+  headers { name } timeoutMs payloadFormat transform batchSize batchWindowMs rateLimitPerSec maxInFlight
   ordered retrySchedule maxAttempts discardAfterSecs lossy tlsVerify`;
 
 const LOAD = `query EditDestination($id: ID!) { destination(id: $id) { ${FIELDS} } }`;
 const CREATE = `mutation CreateDestination($input: CreateDestinationInput!) { createDestination(input: $input) { id name } }`;
+const PREVIEW = `query PreviewDelivery($id: ID!, $event: PreviewEventInput!) {
+  previewDelivery(destinationId: $id, event: $event) { matched reason url headers { name value } body signature } }`;
 const UPDATE = `mutation UpdateDestination($id: ID!, $input: UpdateDestinationInput!) { updateDestination(id: $id, input: $input) { id name version } }`;
 
 class ParseError extends Error {
@@ -68,6 +70,7 @@ function readForm(form, creating) {
     if (form.elements.minLevel.value) v.minLevel = form.elements.minLevel.value;
   }
   v.payloadFormat = form.elements.payloadFormat.value;
+  attempt('transform', () => text(form, 'transform', { nullable }));
   attempt('timeoutMs', () => int(form, 'timeoutMs'));
   attempt('retrySchedule', () => {
     const raw = form.elements.retrySchedule.value.trim();
@@ -184,6 +187,9 @@ export async function editPage(page, { params }) {
       field('Minimum level', select('minLevel', [['', 'Any level'], ['DEBUG', 'Debug'], ['INFO', 'Info'], ['WARN', 'Warn'], ['ERROR', 'Error'], ['CRITICAL', 'Critical']], ''))) : null,
     group('Delivery and retries', !creating,
       field('Payload format', select('payloadFormat', [['ENVELOPE', 'Envelope ({id, type, timestamp, level, data})'], ['RAW', 'Raw (the event payload itself)']], c.payloadFormat || 'ENVELOPE')),
+      field('Transform (jq)', h('textarea', { name: 'transform', rows: 2, spellcheck: 'false', placeholder: '{text: "Paid: \\(.data.amount)"}' }, c.transform || ''), {
+        hint: 'Optional. Its output is the request body (replaces the payload format); it sees {id, type, level, createdAt, data}. Needs batch size 1.',
+      }),
       field('Timeout (ms)', input('timeoutMs', { inputmode: 'numeric', value: c.timeoutMs ?? '', placeholder: '10000' }), { hint: '1 000 to 60 000.' }),
       field('Retry schedule (seconds)', input('retrySchedule', { value: c.retrySchedule ? c.retrySchedule.join(', ') : '', placeholder: '5, 30, 120, 600, 1800, 3600, 10800, 21600' }), { hint: 'Wait before each retry, ±20 % jitter.' }),
       field('Max attempts', input('maxAttempts', { inputmode: 'numeric', value: c.maxAttempts ?? '' })),
@@ -217,6 +223,7 @@ export async function editPage(page, { params }) {
       h('button', { type: 'submit', class: 'btn btn-primary' }, creating ? 'Create destination' : 'Save changes'),
       h('a', { class: 'btn btn-quiet', href: creating ? '#/destinations' : `#/destinations/${encodeURIComponent(id)}` }, 'Cancel')));
   page.main.append(form);
+  if (!creating) page.main.append(previewPanel(id));
 
   const original = creating ? null : readForm(form, false).input;
   const submit = form.querySelector('button[type="submit"]');
@@ -263,4 +270,37 @@ export async function editPage(page, { params }) {
   });
 
   form.querySelector('input[name="name"]').focus();
+}
+
+/** Asks the server what the saved destination would do with an event, without sending it. */
+function previewPanel(id) {
+  const type = input('previewType', { value: 'hookline.preview', id: 'preview-type' });
+  const payload = h('textarea', { name: 'previewPayload', id: 'preview-payload', rows: 3, spellcheck: 'false' }, '{}');
+  const out = h('div', { id: 'preview-result', 'aria-live': 'polite' });
+  const button = h('button', { type: 'button', class: 'btn' }, 'Preview');
+  button.addEventListener('click', () => whileBusy(button, 'Previewing…', async () => {
+    out.replaceChildren();
+    let data;
+    try {
+      data = JSON.parse(payload.value || 'null');
+    } catch (e) {
+      out.append(h('p', { class: 'field-error' }, `Payload: not JSON (${e.message})`));
+      return;
+    }
+    try {
+      const p = (await gql(PREVIEW, { id, event: { type: type.value.trim(), payload: data } })).previewDelivery;
+      out.append(
+        h('p', null, h('strong', null, p.matched ? 'Would be delivered' : 'Would not be delivered'), `: ${p.reason}`),
+        h('pre', null, [`POST ${p.url}`, ...p.headers.map((x) => `${x.name}: ${x.value}`), '', p.body ?? '(no body)'].join('\n')));
+    } catch (err) {
+      out.append(h('p', { class: 'field-error' }, problemsFrom(err).map((x) => x.message).join(' ')));
+    }
+  }));
+  return h('section', { class: 'panel', 'aria-labelledby': 'preview-title' },
+    h('h2', { id: 'preview-title' }, 'Preview a delivery'),
+    h('p', { class: 'hint' }, 'Shows whether the saved settings deliver this event, and the exact request (secrets masked). Nothing is sent or stored.'),
+    field('Event type', type),
+    field('Payload (JSON)', payload),
+    h('div', { class: 'actions' }, button),
+    out);
 }
