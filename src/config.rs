@@ -37,6 +37,10 @@ pub struct ConfigArgs {
     /// Allow deliveries to loopback, private and link-local addresses.
     #[arg(long, env = "HOOKLINE_ALLOW_PRIVATE_TARGETS", global = true)]
     pub allow_private_targets: Option<bool>,
+    /// Accept jq programs (subscription `filter`, destination `transform`). A jq run cannot
+    /// be interrupted, so enable it only where every `write` token is trusted.
+    #[arg(long, env = "HOOKLINE_JQ_PROGRAMS", global = true)]
+    pub jq_programs: Option<bool>,
     /// Send deliveries through this HTTP proxy (`http://host:port`, optionally with
     /// `user:password@`). The environment's `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` are ignored.
     #[arg(
@@ -134,6 +138,7 @@ struct FileConfig {
     jwt_secret: Option<String>,
     jwt_public_key: Option<PathBuf>,
     allow_private_targets: Option<bool>,
+    jq_programs: Option<bool>,
     egress_proxy: Option<String>,
     log: Option<String>,
     log_format: Option<String>,
@@ -273,6 +278,10 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     pub jwt_public_key: Option<PathBuf>,
     pub allow_private_targets: bool,
+    /// Whether subscriptions and destinations may be given jq programs. Off by default: jaq
+    /// has no way to stop a run, so a program that computes forever would hold the publisher
+    /// (filters) or a dispatcher task (transforms).
+    pub jq_programs: bool,
     /// The proxy every delivery goes through; None sends directly.
     pub egress_proxy: Option<EgressProxy>,
     pub log: String,
@@ -330,6 +339,7 @@ impl Config {
             jwt_secret: None,
             jwt_public_key: None,
             allow_private_targets: false,
+            jq_programs: false,
             egress_proxy: None,
             log: "info".into(),
             log_format: LogFormat::Text,
@@ -373,6 +383,9 @@ impl Config {
         cfg.jwt_public_key = pick(args.jwt_public_key.clone(), file.jwt_public_key);
         if let Some(v) = pick(args.allow_private_targets, file.allow_private_targets) {
             cfg.allow_private_targets = v;
+        }
+        if let Some(v) = pick(args.jq_programs, file.jq_programs) {
+            cfg.jq_programs = v;
         }
         if let Some(v) = pick(args.egress_proxy.clone(), file.egress_proxy) {
             cfg.egress_proxy = (!v.is_empty())

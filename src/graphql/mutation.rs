@@ -28,6 +28,7 @@ impl Mutation {
         let p = require(ctx, Scope::Write)?;
         let st = state(ctx)?;
         let (patch, first) = input.into_parts();
+        jq_allowed(st, "transform", matches!(patch.transform, Some(Some(_))))?;
         Ok(Destination(
             destinations::create(
                 &st.db.write,
@@ -51,6 +52,7 @@ impl Mutation {
         let id = parse_id("id", &id)?;
         let st = state(ctx)?;
         let (patch, expected) = input.into_patch();
+        jq_allowed(st, "transform", matches!(patch.transform, Some(Some(_))))?;
         let (d, switched) =
             destinations::update(&st.db.write, &st.cipher, p, id, patch, expected).await?;
         if switched {
@@ -125,8 +127,10 @@ impl Mutation {
         let p = require(ctx, Scope::Write)?;
         let dest = parse_id("destinationId", &input.destination_id)?;
         let st = state(ctx)?;
+        let patch = input.patch();
+        jq_allowed(st, "filter", matches!(patch.filter, Some(Some(_))))?;
         Ok(EventSubscription(
-            subscriptions::create(&st.db.write, p, dest, input.patch()).await?,
+            subscriptions::create(&st.db.write, p, dest, patch).await?,
         ))
     }
 
@@ -139,8 +143,10 @@ impl Mutation {
         let p = require(ctx, Scope::Write)?;
         let id = parse_id("id", &id)?;
         let st = state(ctx)?;
+        let patch: subscriptions::SubscriptionPatch = input.into();
+        jq_allowed(st, "filter", matches!(patch.filter, Some(Some(_))))?;
         Ok(EventSubscription(
-            subscriptions::update(&st.db.write, p, id, input.into()).await?,
+            subscriptions::update(&st.db.write, p, id, patch).await?,
         ))
     }
 
@@ -247,4 +253,20 @@ async fn enabled_changed(st: &crate::state::AppState, d: &entity::destination::M
         at: crate::service::now(),
     };
     crate::live::status_changed(&st.db.write, &st.live, &st.instance_id, change).await;
+}
+
+/// Refuses a jq program unless the operator enabled them (`HOOKLINE_JQ_PROGRAMS`): a jq run
+/// cannot be interrupted, so a program that computes forever would stall what runs it.
+fn jq_allowed(
+    st: &crate::state::AppState,
+    field: &'static str,
+    given: bool,
+) -> Result<(), AppError> {
+    if given && !st.config.jq_programs {
+        return Err(AppError::bad_input(
+            field,
+            "jq programs are disabled on this server (HOOKLINE_JQ_PROGRAMS=true enables them)",
+        ));
+    }
+    Ok(())
 }

@@ -35,8 +35,66 @@ async fn only_subscription(s: &Server, tok: &str, dest: &str) -> String {
 
 const PAID: &str = r#".data.amount >= 100 and .data.currency == "EUR""#;
 
-both!(filter_delivers_only_matching_events, |backend| async move {
+/// A server that accepts jq programs (`HOOKLINE_JQ_PROGRAMS`; off by default).
+async fn jq_server(backend: Backend) -> Server {
+    Server::start_with(backend, |c| c.jq_programs = true).await
+}
+
+both!(jq_programs_are_off_by_default, |backend| async move {
     let s = Server::start(backend).await;
+    let tok = token("t1", "read write");
+    let dest = create_destination(&s, &tok, json!({"url": "http://127.0.0.1:9/x"})).await;
+    let sub = only_subscription(&s, &tok, &dest).await;
+    let before = subscriptions(&s, &tok, &dest).await;
+    for (query, vars, field) in [
+        (
+            UPDATE_SUB,
+            json!({"id": sub, "input": {"filter": PAID}}),
+            "filter",
+        ),
+        (
+            CREATE_SUB,
+            json!({"input": {"destinationId": dest, "eventTypes": ["*"], "filter": PAID}}),
+            "filter",
+        ),
+        (
+            CREATE_DEST,
+            json!({"input": {"name": "y", "url": "http://127.0.0.1:9/", "transform": "{text: .type}"}}),
+            "transform",
+        ),
+    ] {
+        let (code, e) = s.err_code(Some(&tok), query, vars).await;
+        assert_eq!(code, "BAD_USER_INPUT", "{e}");
+        assert_eq!(e["extensions"]["field"], field, "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("HOOKLINE_JQ_PROGRAMS"),
+            "{e}"
+        );
+    }
+    // Nothing was written: the subscription and the destination list are as they were.
+    assert_eq!(subscriptions(&s, &tok, &dest).await, before);
+    let all = s
+        .ok(
+            &tok,
+            "{ destinations(first: 10) { totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(all["destinations"]["totalCount"], 1, "{all}");
+    // Removing a program (null) is always allowed.
+    s.ok(
+        &tok,
+        UPDATE_SUB,
+        json!({"id": sub, "input": {"filter": null}}),
+    )
+    .await;
+});
+
+both!(filter_delivers_only_matching_events, |backend| async move {
+    let s = jq_server(backend).await;
     let tok = token("t1", "read write publish");
     let rx = Receiver::start().await;
     let dest = create_destination(
@@ -114,7 +172,7 @@ both!(filter_delivers_only_matching_events, |backend| async move {
 });
 
 both!(filter_syntax_error_is_refused, |backend| async move {
-    let s = Server::start(backend).await;
+    let s = jq_server(backend).await;
     let tok = token("t1", "read write");
     let dest = create_destination(&s, &tok, json!({"url": "http://127.0.0.1:9/x"})).await;
     let sub = only_subscription(&s, &tok, &dest).await;
@@ -151,7 +209,7 @@ both!(filter_syntax_error_is_refused, |backend| async move {
 });
 
 both!(payload_filter_works_beside_filter, |backend| async move {
-    let s = Server::start(backend).await;
+    let s = jq_server(backend).await;
     let tok = token("t1", "read write publish");
     let rx = Receiver::start().await;
     let dest = create_destination(
@@ -211,7 +269,7 @@ both!(payload_filter_works_beside_filter, |backend| async move {
 const PAID_TEXT: &str = r#"{text: "Paid: \(.data.amount)", event: .id, kind: .type}"#;
 
 both!(transform_builds_the_signed_body, |backend| async move {
-    let s = Server::start(backend).await;
+    let s = jq_server(backend).await;
     let tok = token("t1", "read write publish");
     let rx = Receiver::start().await;
     let dest = create_destination(&s, &tok, json!({"url": rx.url(), "transform": PAID_TEXT})).await;
@@ -247,7 +305,7 @@ both!(transform_builds_the_signed_body, |backend| async move {
 both!(
     transform_failure_fails_only_that_delivery,
     |backend| async move {
-        let s = Server::start(backend).await;
+        let s = jq_server(backend).await;
         let tok = token("t1", "read write publish");
         let rx = Receiver::start().await;
         let program =
@@ -293,7 +351,7 @@ both!(
 );
 
 both!(transform_is_validated, |backend| async move {
-    let s = Server::start(backend).await;
+    let s = jq_server(backend).await;
     let tok = token("t1", "read write");
     let update = "mutation($id: ID!, $input: UpdateDestinationInput!) {
       updateDestination(id: $id, input: $input) { version transform batchSize } }";
@@ -361,7 +419,7 @@ const PREVIEW: &str = "query($id: ID!, $event: PreviewEventInput!) {
     matched reason url headers { name value } body signature } }";
 
 both!(preview_shows_the_exact_request, |backend| async move {
-    let s = Server::start(backend).await;
+    let s = jq_server(backend).await;
     let tok = token("t1", "read write publish");
     let rx = Receiver::start().await;
     let dest = create_destination(
