@@ -61,26 +61,17 @@ pub fn compile(code: &str) -> Result<Program, String> {
             let Some((_, e)) = errs.into_iter().next() else {
                 return "cannot be parsed".to_string();
             };
-            match e {
-                jaq_core::load::Error::Io(_) => "imports are not supported".to_string(),
-                jaq_core::load::Error::Lex(es) => match es.first() {
-                    Some((expect, at)) => locate(
-                        "syntax error",
-                        code,
-                        at,
-                        &format!("expected {}", expect.as_str()),
-                    ),
-                    None => "cannot be parsed".to_string(),
-                },
-                jaq_core::load::Error::Parse(es) => match es.first() {
-                    Some((expect, at)) => locate(
-                        "syntax error",
-                        code,
-                        at,
-                        &format!("expected {}", expect.as_str()),
-                    ),
-                    None => "cannot be parsed".to_string(),
-                },
+            // The lexer's and the parser's errors differ in type, not in what they say.
+            let first = match e {
+                jaq_core::load::Error::Io(_) => return "imports are not supported".to_string(),
+                jaq_core::load::Error::Lex(es) => es.first().map(|(x, at)| (x.as_str(), *at)),
+                jaq_core::load::Error::Parse(es) => es.first().map(|(x, at)| (x.as_str(), *at)),
+            };
+            match first {
+                Some((expect, at)) => {
+                    locate("syntax error", code, at, &format!("expected {expect}"))
+                }
+                None => "cannot be parsed".to_string(),
             }
         })?;
     let filter = Compiler::default()
